@@ -1,0 +1,110 @@
+"""Grokking modular arithmetic with a 1-layer decoder (Zhu et al. 2024; Power et al. 2022).
+
+Run (the README's demo, a few minutes on a 2-core CPU):
+  python -m experiments.grokking --workdir=runs/grokking
+
+Variants and overrides:
+  python -m experiments.grokking --config=experiments/grokking.py:smoke --workdir=/tmp/g
+  python -m experiments.grokking --workdir=runs/g97 --config.task.p=97 --config.task.op=div \
+      --config.task.train_count=3000 --config.model.init_scale=2 --config.opt.weight_decay=1
+
+Re-running a command on the same --workdir resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from phasemix import losses, model as model_lib, modular, optimizer, train, transitions
+from phasemix import batching, cli, validation
+
+MEMORIZED_AT = 0.99  # train accuracy that counts as memorised
+GENERALIZED_AT = 0.95  # test accuracy that counts as generalised
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    """Default: the demo. `smoke`: a seconds-long run for tests."""
+    config = ml_collections.ConfigDict()
+    config.experiment = "grokking"
+    config.seed = 0  # model init, train/test split and batch order all derive from it
+    config.task = ml_collections.ConfigDict(dict(
+        op="add",  # add | sub | mul | div | x2_xy_y2  (a op b mod p)
+        p=97,  # the modulus (prime for div)
+        train_fraction=0.3,  # fraction of all pairs used for training (if train_count is None)
+        train_count=ml_collections.config_dict.placeholder(int),  # or an exact count
+    ))
+    config.model = ml_collections.ConfigDict(dict(
+        num_layers=1,
+        d_model=128,
+        num_heads=4,
+        d_mlp=512,
+        activation="gelu",
+        pos_embedding="learned",  # learned | sinusoidal | none
+        init_scale=1.0,  # alpha: every initial parameter is multiplied by it
+        dtype="float32",
+    ))
+    config.opt = optimizer.default_config()
+    config.batch_size = 512  # a batch_size >= the train set means full-batch training
+    config.num_steps = 4000
+    config.eval_every = 50  # steps between evaluations of the full train and test sets
+    config.eval_batch_size = 2048
+    config.checkpoint_every = 1000
+    if variant == "smoke":
+        config.task.p = 23
+        config.task.train_fraction = 0.5
+        config.model.d_model = 32
+        config.model.d_mlp = 64
+        config.batch_size = 64
+        config.num_steps = 60
+        config.eval_every = 10
+        config.eval_batch_size = 256
+        config.checkpoint_every = 20
+    elif variant:
+        validation.fail("config", f"unknown variant {variant!r}; use '' or 'smoke'")
+    return config
+
+
+def summarize(rows: list[dict]) -> dict:
+    return {
+        "step_memorized": transitions.first_step_at_least(rows, "train_accuracy", MEMORIZED_AT),
+        "step_generalized": transitions.first_step_at_least(rows, "test_accuracy",
+                                                            GENERALIZED_AT),
+    }
+
+
+def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.Task:
+    """Validates the task, builds the split, the batches and the model hyper-parameters."""
+    modular.validate(config.task)
+    train_set, test_set = modular.split(config.task, config.seed)
+    num_train = len(train_set["inputs"])
+    batch_size = min(config.batch_size, num_train)
+    batch_size -= batch_size % num_devices
+    validation.require(batch_size > 0, "batch_size",
+                       f"the train set ({num_train}) is smaller than the {num_devices} devices")
+    model_config = model_lib.TransformerConfig.from_config(
+        config.model, vocab_size=config.task.p + 1, max_len=modular.SEQ_LEN, causal=True)
+    return train.Task(
+        model_config=model_config,
+        loss_fn=losses.masked_token_loss,
+        train_batches=batching.epoch_batches(train_set, batch_size, config.seed,
+                                             config.num_steps),
+        eval_sets={"train": train_set, "test": test_set},
+        summarize=summarize)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    import jax
+
+    task = make_task(config, jax.device_count())
+    summary = train.train_and_evaluate(config, workdir, task)
+    summary["train_size"] = len(task.eval_sets["train"]["inputs"])
+    summary["test_size"] = len(task.eval_sets["test"]["inputs"])
+    train.plot_run(workdir, f"{config.task.op} mod {config.task.p}, "
+                   f"{summary['train_size']} train pairs",
+                   {"memorised": summary["step_memorized"],
+                    "generalised": summary["step_generalized"]})
+    return summary
+
+
+if __name__ == "__main__":
+    cli.main(run, config_file=__file__, default_workdir="runs/grokking")

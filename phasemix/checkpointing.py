@@ -1,0 +1,60 @@
+"""Orbax checkpoints of the train state and the grain iterator, saved and restored together."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+from phasemix import validation
+
+
+class CheckpointError(validation.ConfigError):
+    """A checkpoint that exists but cannot be restored."""
+
+
+class Checkpointer:
+    """Keeps the newest `max_to_keep` checkpoints under `directory`."""
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
+        self.directory = pathlib.Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator) -> None:
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator)))
+
+    def restore(self, step: int, abstract_state: Any,
+                data_iterator: grain.DatasetIterator) -> Any:
+        """Returns the state; `data_iterator` is moved to where it stood at `step`.
+
+        A checkpoint that fails to load raises `CheckpointError` naming its folder; nothing is
+        deleted or overwritten, so the user can inspect or move it.
+        """
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        except Exception as e:  # orbax raises many types for damaged files
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} is corrupt or incompatible with this "
+                f"config ({type(e).__name__}: {str(e)[:300]}). Nothing was overwritten: move "
+                "that folder away to resume from an earlier checkpoint, or use a new --workdir."
+            ) from e
+        return restored.state
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()

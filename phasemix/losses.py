@@ -1,0 +1,52 @@
+"""Losses and accuracies as pure functions of logits and a batch.
+
+Every function returns *sums* plus a count, so metrics of several batches (or of shards on
+several devices) combine exactly: mean = sum / count.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Metrics = dict[str, jax.Array]
+
+
+def masked_token_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]:
+    """Cross-entropy and accuracy on the tokens where `batch['loss_mask']` is 1.
+
+    For modular arithmetic the mask selects the answer token only, so no other position's
+    target can change the loss. Returns (mean loss, summed metrics).
+    """
+    targets_BxL = batch["targets"]
+    mask_BxL = batch["loss_mask"].astype(jnp.float32)
+    if "weight" in batch:  # rows of padding in an evaluation batch
+        mask_BxL = mask_BxL * batch["weight"][:, None]
+    nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
+    correct_BxL = (jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL).astype(jnp.float32)
+    count = mask_BxL.sum()
+    loss_sum = (nll_BxL * mask_BxL).sum()
+    metrics = {"loss_sum": loss_sum, "correct_sum": (correct_BxL * mask_BxL).sum(),
+               "count": count}
+    return loss_sum / jnp.maximum(count, 1.0), metrics
+
+
+def classification_loss(logits_BxC: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]:
+    """Cross-entropy and accuracy of one label per example; `batch['weight']` masks padding rows."""
+    labels_B = batch["labels"]
+    weight_B = batch["weight"] if "weight" in batch else jnp.ones(labels_B.shape)
+    weight_B = weight_B.astype(jnp.float32)
+    nll_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
+    correct_B = (jnp.argmax(logits_BxC, axis=-1) == labels_B).astype(jnp.float32)
+    count = weight_B.sum()
+    loss_sum = (nll_B * weight_B).sum()
+    metrics = {"loss_sum": loss_sum, "correct_sum": (correct_B * weight_B).sum(), "count": count}
+    return loss_sum / jnp.maximum(count, 1.0), metrics
+
+
+def finalize(metric_sums: Metrics, prefix: str = "") -> dict[str, float]:
+    """Summed metrics -> {prefix+'loss', prefix+'accuracy'} as Python floats."""
+    count = max(float(metric_sums["count"]), 1.0)
+    return {f"{prefix}loss": float(metric_sums["loss_sum"]) / count,
+            f"{prefix}accuracy": float(metric_sums["correct_sum"]) / count}

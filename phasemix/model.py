@@ -1,0 +1,157 @@
+"""A small Flax Linen transformer: causal decoder (next/answer token) or encoder classifier.
+
+Shape suffixes: B batch, L sequence length, D model width, H heads, K head width, F MLP width,
+V vocabulary, C classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from phasemix import validation
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": nn.gelu,
+    "relu": nn.relu,
+    "silu": nn.silu,
+}
+POS_EMBEDDINGS = ("learned", "sinusoidal", "none")
+POOLINGS = ("cls", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Hyper-parameters of `Transformer`; `from_config` builds it from `config.model`."""
+
+    vocab_size: int
+    max_len: int
+    num_layers: int = 1
+    d_model: int = 128
+    num_heads: int = 4
+    d_mlp: int = 512
+    activation: str = "gelu"
+    pos_embedding: str = "learned"
+    causal: bool = True
+    num_classes: int | None = None  # None: a token head over the vocabulary (decoder).
+    pooling: str = "cls"  # classifier only: first token ("cls") or masked mean.
+    dtype: str = "float32"  # compute dtype; parameters stay float32.
+
+    @classmethod
+    def from_config(cls, model: ml_collections.ConfigDict, **fixed) -> "TransformerConfig":
+        """Takes the fields of `config.model` that name model hyper-parameters."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in model.items() if k in names}
+        kwargs.update(fixed)
+        return cls(**kwargs)
+
+    def validate(self) -> "TransformerConfig":
+        for name in ("num_layers", "d_model", "num_heads", "d_mlp", "vocab_size", "max_len"):
+            validation.require(getattr(self, name) > 0, f"model.{name}", "must be positive",
+                               getattr(self, name))
+        validation.require(self.d_model % self.num_heads == 0, "model.num_heads",
+                           f"must divide model.d_model={self.d_model}", self.num_heads)
+        validation.require_choice(self.activation, ACTIVATIONS, "model.activation")
+        validation.require_choice(self.pos_embedding, POS_EMBEDDINGS, "model.pos_embedding")
+        validation.require_choice(self.pooling, POOLINGS, "model.pooling")
+        validation.require_choice(self.dtype, ("float32", "bfloat16"), "model.dtype")
+        if self.num_classes is not None:
+            validation.require(self.num_classes >= 2, "model.num_classes", "must be >= 2",
+                               self.num_classes)
+        return self
+
+
+def sinusoidal_positions(max_len: int, d_model: int) -> jax.Array:
+    """The fixed sin/cos table of Vaswani et al.; shape (max_len, d_model)."""
+    position_L = jnp.arange(max_len)[:, None]
+    freq_D2 = jnp.exp(-jnp.log(10_000.0) * jnp.arange(0, d_model, 2) / d_model)
+    angle_LxD2 = position_L * freq_D2[None, :]
+    table_LxD = jnp.zeros((max_len, d_model))
+    table_LxD = table_LxD.at[:, 0::2].set(jnp.sin(angle_LxD2))
+    return table_LxD.at[:, 1::2].set(jnp.cos(angle_LxD2[:, : d_model // 2]))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array, mask_BxLxL: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        head_dim = cfg.d_model // cfg.num_heads
+        dtype = jnp.dtype(cfg.dtype)
+        qkv_BxLx3xHxK = nn.DenseGeneral((3, cfg.num_heads, head_dim), dtype=dtype,
+                                        name="qkv")(x_BxLxD)
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+        logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK) / jnp.sqrt(
+            head_dim).astype(dtype)
+        # Softmax in float32 for stability whatever the compute dtype.
+        logits_BxHxLxL = jnp.where(mask_BxLxL[:, None], logits_BxHxLxL.astype(jnp.float32),
+                                   jnp.finfo(jnp.float32).min)
+        probs_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1).astype(dtype)
+        out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL, v_BxLxHxK)
+        return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=dtype, name="out")(out_BxLxHxK)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array, mask_BxLxL: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        h_BxLxD = nn.LayerNorm(dtype=dtype, name="ln_attn")(x_BxLxD)
+        x_BxLxD = x_BxLxD + Attention(cfg, name="attn")(h_BxLxD, mask_BxLxL)
+        h_BxLxD = nn.LayerNorm(dtype=dtype, name="ln_mlp")(x_BxLxD)
+        h_BxLxF = ACTIVATIONS[cfg.activation](nn.Dense(cfg.d_mlp, dtype=dtype,
+                                                       name="mlp_in")(h_BxLxD))
+        return x_BxLxD + nn.Dense(cfg.d_model, dtype=dtype, name="mlp_out")(h_BxLxF)
+
+
+class Transformer(nn.Module):
+    """Token ids (B, L) -> logits: (B, L, V) for a decoder, (B, C) for a classifier."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxL: jax.Array, pad_mask_BxL: jax.Array | None = None) -> jax.Array:
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        _, seq_len = tokens_BxL.shape
+        if pad_mask_BxL is None:
+            pad_mask_BxL = jnp.ones(tokens_BxL.shape, dtype=bool)
+        x_BxLxD = nn.Embed(cfg.vocab_size, cfg.d_model, name="embed")(tokens_BxL)
+        if cfg.pos_embedding == "learned":
+            x_BxLxD += nn.Embed(cfg.max_len, cfg.d_model, name="pos_embed")(
+                jnp.arange(seq_len))[None]
+        elif cfg.pos_embedding == "sinusoidal":
+            x_BxLxD += sinusoidal_positions(cfg.max_len, cfg.d_model)[None, :seq_len]
+        x_BxLxD = x_BxLxD.astype(dtype)
+
+        # A query attends to keys that are real tokens and, for a decoder, not in its future.
+        mask_BxLxL = jnp.broadcast_to(pad_mask_BxL[:, None, :], (*tokens_BxL.shape, seq_len))
+        if cfg.causal:
+            mask_BxLxL = mask_BxLxL & jnp.tril(jnp.ones((seq_len, seq_len), dtype=bool))[None]
+        for i in range(cfg.num_layers):
+            x_BxLxD = Block(cfg, name=f"block_{i}")(x_BxLxD, mask_BxLxL)
+        x_BxLxD = nn.LayerNorm(dtype=dtype, name="ln_final")(x_BxLxD)
+
+        if cfg.num_classes is None:
+            logits_BxLxV = nn.Dense(cfg.vocab_size, dtype=dtype, name="head")(x_BxLxD)
+            return logits_BxLxV.astype(jnp.float32)
+        if cfg.pooling == "cls":
+            pooled_BxD = x_BxLxD[:, 0]
+        else:
+            weight_BxL = pad_mask_BxL.astype(dtype)
+            pooled_BxD = jnp.einsum("bld,bl->bd", x_BxLxD, weight_BxL) / jnp.maximum(
+                weight_BxL.sum(-1, keepdims=True), 1)
+        logits_BxC = nn.Dense(cfg.num_classes, dtype=dtype, name="head")(pooled_BxD)
+        return logits_BxC.astype(jnp.float32)

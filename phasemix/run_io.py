@@ -1,0 +1,159 @@
+"""The run output contract: config.json, metrics.jsonl, TensorBoard events, summary.json.
+
+Files that are replaced as a whole are written atomically (temporary file + rename), so a run
+killed mid-write never leaves a half-written JSON behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Iterable
+
+import ml_collections
+
+from phasemix import validation
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
+                                     delete=False) as tmp:
+        json.dump(obj, tmp, indent=2, sort_keys=True, default=_to_builtin)
+        tmp.write("\n")
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)
+
+
+def _to_builtin(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy / jax scalars and arrays
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def flatten_config(config: ml_collections.ConfigDict | dict[str, Any]) -> dict[str, Any]:
+    """{'model.d_model': 128, ...}: one column per leaf, as the sweep tables use."""
+    tree = config if isinstance(config, dict) else config_to_dict(config)
+    return _flatten(tree)
+
+
+def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> pathlib.Path:
+    """Creates the workdir or checks that it holds this same run; then writes config.json.
+
+    A workdir that holds another experiment, or this experiment with other settings, is an
+    error: resuming it would splice two different runs together. Nothing is written before
+    that check passes.
+    """
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / CONFIG_FILE
+    wanted = config_to_dict(config)
+    if config_path.exists():
+        try:
+            found = read_json(config_path)
+        except (OSError, json.JSONDecodeError) as e:
+            raise validation.ConfigError(
+                f"--workdir={workdir}: {config_path} is unreadable ({e}); use a new --workdir"
+            ) from e
+        if found.get("experiment") != wanted.get("experiment"):
+            raise validation.ConfigError(
+                f"--workdir={workdir} holds a run of experiment {found.get('experiment')!r}, "
+                f"not {wanted.get('experiment')!r}; use a new --workdir")
+        old, new = flatten_config(found), flatten_config(wanted)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+            raise validation.ConfigError(
+                f"--workdir={workdir} holds the same experiment with other settings ({details}); "
+                "re-run with the original flags to resume, or use a new --workdir")
+    elif (workdir / CHECKPOINT_DIR).exists():
+        raise validation.ConfigError(
+            f"--workdir={workdir} holds checkpoints but no {CONFIG_FILE}; use a new --workdir")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(config_path, wanted)
+    except OSError as e:
+        raise validation.ConfigError(f"--workdir={workdir} is not writable: {e}") from e
+    return workdir
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """All rows of metrics.jsonl; a torn last line (killed mid-write) is ignored."""
+    path = pathlib.Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True):
+        self._workdir = pathlib.Path(workdir)
+        self._path = self._workdir / METRICS_FILE
+        # Rows past the checkpoint a run resumes from were made by the killed process; the
+        # resumed run will log those steps again.
+        kept = [r for r in read_metrics(self._workdir) if r["step"] <= resume_step]
+        self._rewrite(kept)
+        self._file = open(self._path, "a")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter  # no TensorFlow needed
+
+            self._tb = SummaryWriter(str(self._workdir / TENSORBOARD_DIR),
+                                     purge_step=resume_step + 1 if resume_step else None)
+
+    def _rewrite(self, rows: Iterable[dict[str, Any]]) -> None:
+        tmp = self._path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, default=_to_builtin) + "\n")
+        os.replace(tmp, self._path)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(row, default=_to_builtin, sort_keys=True) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,33 @@
+"""Config validation: every error names the flag a user would pass to fix it."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message starts with the offending flag."""
+
+
+def fail(field: str, message: str, value: Any = None) -> None:
+    shown = "" if value is None else f"={value!r}"
+    raise ConfigError(f"--config.{field}{shown}: {message}")
+
+
+def require(condition: bool, field: str, message: str, value: Any = None) -> None:
+    if not condition:
+        fail(field, message, value)
+
+
+def require_choice(value: Any, choices: Iterable[Any], field: str) -> None:
+    choices = list(choices)
+    require(value in choices, field, f"must be one of {choices}", value)
+
+
+def require_positive(config: Any, *fields: str) -> None:
+    """Each dotted field of `config` must be > 0."""
+    for field in fields:
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        require(value is not None and value > 0, field, "must be positive", value)
