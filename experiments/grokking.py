@@ -13,6 +13,8 @@ Re-running a command on the same --workdir resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import functools
+
 import ml_collections
 
 from phasemix import losses, model as model_lib, modular, optimizer, train, transitions
@@ -64,8 +66,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     return config
 
 
-def summarize(rows: list[dict]) -> dict:
-    return {
+def summarize(rows: list[dict], **fixed) -> dict:
+    """The headline numbers of a run from its metric rows; `fixed` adds known facts."""
+    return {**fixed,
         "step_memorized": transitions.first_step_at_least(rows, "train_accuracy", MEMORIZED_AT),
         "step_generalized": transitions.first_step_at_least(rows, "test_accuracy",
                                                             GENERALIZED_AT),
@@ -89,7 +92,8 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.
         train_batches=batching.epoch_batches(train_set, batch_size, config.seed,
                                              config.num_steps),
         eval_sets={"train": train_set, "test": test_set},
-        summarize=summarize)
+        summarize=functools.partial(summarize, train_size=num_train,
+                                    test_size=len(test_set["inputs"])))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -97,8 +101,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     task = make_task(config, jax.device_count())
     summary = train.train_and_evaluate(config, workdir, task)
-    summary["train_size"] = len(task.eval_sets["train"]["inputs"])
-    summary["test_size"] = len(task.eval_sets["test"]["inputs"])
     train.plot_run(workdir, f"{config.task.op} mod {config.task.p}, "
                    f"{summary['train_size']} train pairs",
                    {"memorised": summary["step_memorized"],

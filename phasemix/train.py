@@ -58,7 +58,7 @@ class Preempted(SystemExit):
         self.step = step
 
 
-def init_state(key: jax.Array, tokens_BxL: jax.Array, *, model: model_lib.Transformer,
+def init_state(key: jax.Array, *, tokens_BxL: jax.Array, model: model_lib.Transformer,
                optimizer: optax.GradientTransformation, init_scale: float) -> TrainState:
     """Initial parameters, multiplied by `init_scale`, and the optimizer state."""
     params = model.init(key, tokens_BxL)["params"]
@@ -84,7 +84,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_l
     params = optax.apply_updates(state.params, updates)
     metrics = {"batch_loss": loss,
                "batch_accuracy": sums["correct_sum"] / jnp.maximum(sums["count"], 1.0),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -136,6 +136,40 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """The jitted functions of one config on one mesh, with the shardings they use."""
+
+    init: Callable[[jax.Array], TrainState]  # PRNG key -> initial state
+    step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+    evaluate: Callable[[Any, dict[str, jax.Array]], losses.Metrics]  # params, stacked set
+    norms: Callable[[Any], dict[str, jax.Array]]
+    abstract_state: TrainState  # shapes, dtypes and shardings, for restoring checkpoints
+
+
+def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh) -> Programs:
+    """jit with explicit shardings: state replicated, batches split over the 'data' axis."""
+    model = model_lib.Transformer(task.model_config)
+    optimizer = optimizer_lib.make_optimizer(config.opt, config.num_steps)
+    tokens = jnp.asarray(task.train_batches[0]["inputs"][:1])
+    init_fn = functools.partial(init_state, tokens_BxL=tokens, model=model, optimizer=optimizer,
+                                init_scale=config.model.init_scale)
+    abstract_state = jax.eval_shape(init_fn, jax.random.key(0))
+    state_sharding = sharding.tree_replicated(abstract_state, mesh)
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  abstract_state, state_sharding)
+    step = jax.jit(
+        functools.partial(train_step, model=model, optimizer=optimizer, loss_fn=task.loss_fn),
+        in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+        out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    return Programs(
+        init=jax.jit(init_fn, out_shardings=state_sharding),
+        step=step,
+        evaluate=jax.jit(functools.partial(eval_step, model=model, loss_fn=task.loss_fn)),
+        norms=jax.jit(weight_norms),
+        abstract_state=abstract_state)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        task: Task) -> dict[str, Any]:
     """Trains `config.num_steps` steps (resuming if the workdir has a checkpoint); returns the summary."""
@@ -143,24 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     validate_loop_config(config, sharding.num_data_shards(mesh))
     task.model_config.validate()
     workdir = run_io.prepare_workdir(workdir, config)
-
-    model = model_lib.Transformer(task.model_config)
-    optimizer = optimizer_lib.make_optimizer(config.opt, config.num_steps)
-    example = task.train_batches[0]
-    init_fn = functools.partial(init_state, model=model, optimizer=optimizer,
-                                init_scale=config.model.init_scale)
-    tokens = jnp.asarray(example["inputs"][:1])
-    abstract_state = jax.eval_shape(init_fn, jax.random.key(0), tokens)
-    state_sharding = sharding.tree_replicated(abstract_state, mesh)
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  abstract_state, state_sharding)
-
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer, loss_fn=task.loss_fn),
-        in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-        out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, model=model, loss_fn=task.loss_fn))
-    norms_fn = jax.jit(weight_norms)
+    programs = build_programs(config, task, mesh)
     eval_sets = {name: sharding.put_batch(batching.pad_and_stack(arrays, config.eval_batch_size),
                                           mesh, batch_axis=1)
                  for name, arrays in task.eval_sets.items()}
@@ -168,8 +185,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     def evaluate(params) -> dict[str, float]:
         row: dict[str, float] = {}
         for name, stacked in eval_sets.items():
-            row.update(losses.finalize(jax.device_get(eval_fn(params, stacked)), f"{name}_"))
-        row.update({k: float(v) for k, v in jax.device_get(norms_fn(params)).items()})
+            row.update(losses.finalize(jax.device_get(programs.evaluate(params, stacked)),
+                                       f"{name}_"))
+        row.update({k: float(v) for k, v in jax.device_get(programs.norms(params)).items()})
         return row
 
     checkpointer = checkpointing.Checkpointer(workdir / run_io.CHECKPOINT_DIR)
@@ -177,13 +195,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     start_step = checkpointer.latest_step() or 0
     elapsed_before = 0.0
     if start_step:
-        state = checkpointer.restore(start_step, abstract_state, data_iter)
+        state = checkpointer.restore(start_step, programs.abstract_state, data_iter)
         rows = [r for r in run_io.read_metrics(workdir) if r["step"] <= start_step]
         elapsed_before = rows[-1]["elapsed_seconds"] if rows else 0.0
         logging.info("Resumed from step %d in %s", start_step, checkpointer.directory)
     else:
-        state = jax.jit(init_fn, out_shardings=state_sharding)(
-            jax.random.key(config.seed), tokens)
+        state = programs.init(jax.random.key(config.seed))
     writer = run_io.MetricsWriter(workdir, resume_step=start_step)
     bar = progress.Progress(config.num_steps, start_step)
     t0 = time.monotonic() - elapsed_before
@@ -207,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 log_row(0, None)
             for step in range(start_step, config.num_steps):
                 batch = sharding.put_batch(next(data_iter), mesh)
-                state, metrics = step_fn(state, batch)
+                state, metrics = programs.step(state, batch)
                 done = step + 1
                 if done % config.eval_every == 0 or done == config.num_steps:
                     log_row(done, metrics)

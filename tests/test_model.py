@@ -1,0 +1,92 @@
+"""The transformer: shapes, causality, padding, and the grokking init rescale."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phasemix import model as model_lib, optimizer, params as params_lib, train, validation
+
+B, L, V = 3, 7, 11
+
+
+def make(causal=True, num_classes=None, **kw):
+    cfg = model_lib.TransformerConfig(vocab_size=V, max_len=L, num_layers=2, d_model=16,
+                                      num_heads=4, d_mlp=32, causal=causal,
+                                      num_classes=num_classes, **kw).validate()
+    model = model_lib.Transformer(cfg)
+    tokens = jax.random.randint(jax.random.key(1), (B, L), 0, V)
+    return model, model.init(jax.random.key(0), tokens)["params"], tokens
+
+
+@pytest.mark.parametrize("pos", model_lib.POS_EMBEDDINGS)
+def test_decoder_logits_shape_and_finite(pos):
+    model, params, tokens = make(pos_embedding=pos)
+    logits = model.apply({"params": params}, tokens)
+    chex.assert_shape(logits, (B, L, V))
+    chex.assert_tree_all_finite(logits)
+
+
+def test_decoder_is_causal_through_gradients():
+    """d logits[t] / d (token or position embedding at s) vanishes exactly when s > t."""
+    model, params, _ = make()
+    tokens = jnp.arange(L)[None, :] % V  # one distinct token per position
+    grad_at = jax.jit(jax.grad(lambda p, t: model.apply({"params": p}, tokens)[0, t].sum()))
+    for t in range(L):
+        grad = grad_at(params, t)
+        for s in range(L):
+            future = s > t
+            assert (jnp.abs(grad["pos_embed"]["embedding"][s]).max() == 0) == future, (t, s)
+            assert (jnp.abs(grad["embed"]["embedding"][tokens[0, s]]).max() == 0) == future
+
+
+def test_encoder_sees_future_and_ignores_padding():
+    model, params, tokens = make(causal=False, num_classes=2, pooling="mean")
+    pad_mask = jnp.arange(L)[None, :] < jnp.array([[L], [4], [2]])
+    logits = model.apply({"params": params}, tokens, pad_mask)
+    chex.assert_shape(logits, (B, 2))
+    # Changing tokens under padding changes nothing; changing a real token does.
+    noisy = jnp.where(pad_mask, tokens, (tokens + 5) % V)
+    np.testing.assert_allclose(model.apply({"params": params}, noisy, pad_mask), logits,
+                               atol=1e-6)
+    changed = tokens.at[:, 0].set((tokens[:, 0] + 1) % V)
+    assert not np.allclose(model.apply({"params": params}, changed, pad_mask), logits)
+
+
+def test_cls_pooling_reads_later_tokens_in_encoder():
+    model, params, tokens = make(causal=False, num_classes=3, pooling="cls")
+    logits = model.apply({"params": params}, tokens)
+    changed = tokens.at[:, -1].set((tokens[:, -1] + 1) % V)
+    assert not np.allclose(model.apply({"params": params}, changed), logits)
+
+
+def test_init_scale_multiplies_every_parameter():
+    model, _, tokens = make()
+    opt = optimizer.make_optimizer(optimizer.default_config(), 10)
+    base = train.init_state(jax.random.key(0), tokens_BxL=tokens, model=model, optimizer=opt, init_scale=1.0)
+    scaled = train.init_state(jax.random.key(0), tokens_BxL=tokens, model=model, optimizer=opt,
+                              init_scale=3.0)
+    for a, b in zip(jax.tree.leaves(base.params), jax.tree.leaves(scaled.params)):
+        np.testing.assert_allclose(b, 3.0 * a, rtol=1e-6)
+    # LayerNorm scales start at 1, so they too must have become 3.
+    assert float(scaled.params["ln_final"]["scale"][0]) == pytest.approx(3.0)
+    assert float(params_lib.global_norm(scaled.params)) == pytest.approx(
+        3.0 * float(params_lib.global_norm(base.params)), rel=1e-5)
+
+
+def test_layer_norms_add_up_to_global_norm():
+    _, params, _ = make()
+    per_layer = params_lib.layer_norms(params)
+    assert set(per_layer) == {"embed", "pos_embed", "block_0", "block_1", "ln_final", "head"}
+    total = np.sqrt(sum(float(v) ** 2 for v in per_layer.values()))
+    assert total == pytest.approx(float(params_lib.global_norm(params)), rel=1e-5)
+
+
+@pytest.mark.parametrize("field,value", [("d_model", 0), ("num_layers", -1), ("num_heads", 3),
+                                         ("activation", "tanh"), ("pos_embedding", "rope")])
+def test_bad_model_config_names_the_flag(field, value):
+    cfg = model_lib.TransformerConfig(vocab_size=V, max_len=L, d_model=16, num_heads=4)
+    bad = model_lib.TransformerConfig(**{**cfg.__dict__, field: value})
+    with pytest.raises(validation.ConfigError, match=f"--config.model.{field}"):
+        bad.validate()

@@ -1,0 +1,186 @@
+"""The training loop: golden numbers, 1 vs 4 devices, exact resume, grokking, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_python
+from experiments import grokking
+from phasemix import checkpointing, run_io, sharding, train, validation
+
+
+def first_steps(config, num_steps: int) -> dict:
+    """Metrics after `num_steps` steps on however many devices this process has."""
+    mesh = sharding.make_mesh()
+    task = grokking.make_task(config, jax.device_count())
+    programs = train.build_programs(config, task, mesh)
+    state = programs.init(jax.random.key(config.seed))
+    for step in range(num_steps):
+        state, metrics = programs.step(state, sharding.put_batch(task.train_batches[step], mesh))
+    leaves = jax.tree.leaves(jax.device_get(state.params))
+    return {"batch_loss": float(metrics["batch_loss"]), "grad_norm": float(metrics["grad_norm"]),
+            "param_sum": float(sum(np.sum(x, dtype=np.float64) for x in leaves)),
+            "param_abs_sum": float(sum(np.abs(x).sum(dtype=np.float64) for x in leaves))}
+
+
+# Golden numbers for one step of the smoke config, seed 0. If a change to the model, the
+# initialisation, the data order or the optimizer is intended, re-run this test, check the
+# change makes sense, and paste the new values here.
+GOLDEN_ONE_STEP = {"batch_loss": 3.7187896, "grad_norm": 2.1294203,
+                   "param_sum": 128.836236, "param_abs_sum": 1424.790355}
+
+
+def test_one_step_matches_golden_numbers(smoke_config):
+    got = first_steps(smoke_config, 1)
+    for key, value in GOLDEN_ONE_STEP.items():
+        assert got[key] == pytest.approx(value, rel=1e-5), (key, got)
+
+
+def test_four_devices_match_one_device(smoke_config):
+    """The same global batch split over 4 simulated CPU devices gives the same steps."""
+    smoke_config.batch_size = 64  # divisible by 4
+    code = ("import sys, json; sys.path.insert(0, 'tests');"
+            "from test_train import first_steps; from experiments import grokking;"
+            "import jax; assert jax.device_count() == {n};"
+            "c = grokking.get_config('smoke'); c.batch_size = 64;"
+            "print(json.dumps(first_steps(c, 5)))")
+    one = run_python(code.format(n=1), num_devices=1)
+    four = run_python(code.format(n=4), num_devices=4)
+    for key in one:
+        assert four[key] == pytest.approx(one[key], rel=1e-5, abs=1e-5), key
+
+
+def comparable(rows):
+    return [{k: v for k, v in r.items() if k != "elapsed_seconds"} for r in rows]
+
+
+class SigtermAt:
+    """A train-batch source that sends this process SIGTERM when batch `at` is fetched."""
+
+    def __init__(self, batches, at):
+        self._batches, self._at = batches, at
+
+    def __len__(self):
+        return len(self._batches)
+
+    def __getitem__(self, step):
+        if step == self._at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self._batches[step]
+
+
+def test_killed_run_resumes_to_identical_numbers(smoke_config, tmp_path):
+    import dataclasses
+
+    import grain
+
+    full = grokking.run(smoke_config, str(tmp_path / "full"))
+    task = grokking.make_task(smoke_config)
+    killed = dataclasses.replace(
+        task, train_batches=grain.MapDataset.source(SigtermAt(task.train_batches, at=33)))
+    with pytest.raises(train.Preempted) as stop:
+        train.train_and_evaluate(smoke_config, str(tmp_path / "resumed"), killed)
+    assert stop.value.code == train.PREEMPTED_EXIT_CODE and stop.value.step == 34
+    assert checkpointing.Checkpointer(tmp_path / "resumed" / "checkpoints").latest_step() == 34
+    resumed = grokking.run(smoke_config, str(tmp_path / "resumed"))
+    assert comparable(run_io.read_metrics(tmp_path / "resumed")) == comparable(
+        run_io.read_metrics(tmp_path / "full"))
+    assert {k: v for k, v in resumed.items() if k != "wall_seconds"} == {
+        k: v for k, v in full.items() if k != "wall_seconds"}
+
+
+def test_run_writes_the_output_contract_and_loss_falls(smoke_config, tmp_path):
+    summary = grokking.run(smoke_config, str(tmp_path))
+    for name in ("config.json", "metrics.jsonl", "summary.json", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "checkpoints" / str(smoke_config.num_steps)).is_dir()
+    assert run_io.read_json(tmp_path / "config.json")["task"]["p"] == smoke_config.task.p
+    rows = run_io.read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == list(range(0, smoke_config.num_steps + 1,
+                                                   smoke_config.eval_every))
+    assert rows[-1]["train_loss"] < 0.8 * rows[0]["train_loss"]
+    assert {"weight_norm", "weight_norm/embed", "weight_norm/block_0"} <= set(rows[-1])
+    assert run_io.read_json(tmp_path / "summary.json") == json.loads(json.dumps(summary))
+    assert summary["final_train_accuracy"] == rows[-1]["train_accuracy"]
+
+
+def test_tiny_modulus_groks(tmp_path):
+    """add mod 31 on half the pairs: memorised early, generalised many steps later."""
+    config = grokking.get_config()
+    config.task.p = 31
+    config.task.train_fraction = 0.5
+    config.model.d_model = 64
+    config.model.d_mlp = 256
+    config.opt.lr = 3e-3
+    config.num_steps = 1100
+    config.eval_every = 25
+    config.checkpoint_every = 10_000
+    summary = grokking.run(config, str(tmp_path))
+    assert summary["step_memorized"] is not None and summary["step_generalized"] is not None
+    assert summary["step_generalized"] >= 3 * summary["step_memorized"], summary
+    assert summary["final_test_accuracy"] >= 0.95
+
+
+def test_bad_loop_config_fails_before_writing(smoke_config, tmp_path):
+    for field, value in (("num_steps", 0), ("eval_every", -1), ("opt.lr", 0.0),
+                         ("model.init_scale", 0.0), ("model.d_model", 0)):
+        config = grokking.get_config("smoke")
+        section, _, name = field.rpartition(".")
+        (config[section] if section else config)[name] = value
+        with pytest.raises(validation.ConfigError, match=f"--config.{field}="):
+            grokking.run(config, str(tmp_path / "w"))
+        assert not (tmp_path / "w").exists()
+
+
+def test_workdir_of_another_experiment_or_config_is_refused(smoke_config, tmp_path):
+    run_io.write_json_atomic(tmp_path / "config.json", {"experiment": "knowledge_mixing"})
+    with pytest.raises(validation.ConfigError, match="experiment 'knowledge_mixing'"):
+        grokking.run(smoke_config, str(tmp_path))
+    grokking.run(smoke_config, str(tmp_path / "mine"))
+    changed = grokking.get_config("smoke")
+    changed.task.p = 29
+    with pytest.raises(validation.ConfigError, match=r"task.p: 23 -> 29"):
+        grokking.run(changed, str(tmp_path / "mine"))
+
+
+def tree_digest(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(path)).encode() + f.read_bytes())
+    return digest.hexdigest()
+
+
+def test_corrupt_checkpoint_is_reported_and_left_alone(smoke_config, tmp_path):
+    smoke_config.num_steps = 40
+    grokking.run(smoke_config, str(tmp_path))
+    smoke_config.num_steps = 60  # pretend the run was cut short, so it must restore
+    run_io.write_json_atomic(tmp_path / "config.json", run_io.config_to_dict(smoke_config))
+    for f in (tmp_path / "checkpoints" / "40" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"\x00garbage")
+    before = tree_digest(tmp_path)
+    with pytest.raises(checkpointing.CheckpointError, match="checkpoints/40 is corrupt"):
+        grokking.run(smoke_config, str(tmp_path))
+    assert tree_digest(tmp_path) == before
+
+
+def test_cli_reports_bad_flag_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.grokking", "--config=experiments/grokking.py:smoke",
+         f"--workdir={tmp_path / 'w'}", "--config.task.op=div", "--config.task.p=12"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode != 0
+    assert "--config.task.p=12: division needs a prime modulus" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists()
