@@ -46,6 +46,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         dtype="float32",
     ))
     config.opt = optimizer.default_config()
+    # Constant lr through the grokking phase, then linear decay over the last 20% of steps:
+    # Adam's occasional loss spikes (the "slingshot") would otherwise decide the final numbers.
+    config.opt.schedule = "wsd"
     config.batch_size = 512  # a batch_size >= the train set means full-batch training
     config.num_steps = 4000
     config.eval_every = 50  # steps between evaluations of the full train and test sets
@@ -75,6 +78,18 @@ def summarize(rows: list[dict], **fixed) -> dict:
     }
 
 
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Every check a run makes before training, without building anything."""
+    modular.validate(config.task)
+    train.validate_loop_config(config, num_devices)
+    model_config(config).validate()
+
+
+def model_config(config: ml_collections.ConfigDict) -> model_lib.TransformerConfig:
+    return model_lib.TransformerConfig.from_config(
+        config.model, vocab_size=config.task.p + 1, max_len=modular.SEQ_LEN, causal=True)
+
+
 def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.Task:
     """Validates the task, builds the split, the batches and the model hyper-parameters."""
     modular.validate(config.task)
@@ -84,10 +99,8 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.
     batch_size -= batch_size % num_devices
     validation.require(batch_size > 0, "batch_size",
                        f"the train set ({num_train}) is smaller than the {num_devices} devices")
-    model_config = model_lib.TransformerConfig.from_config(
-        config.model, vocab_size=config.task.p + 1, max_len=modular.SEQ_LEN, causal=True)
     return train.Task(
-        model_config=model_config,
+        model_config=model_config(config),
         loss_fn=losses.masked_token_loss,
         train_batches=batching.epoch_batches(train_set, batch_size, config.seed,
                                              config.num_steps),

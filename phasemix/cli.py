@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import sys
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ RunFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
 
 def _not_orbax(record) -> bool:
     # Orbax logs every save/restore step at INFO through absl; keep its warnings only.
-    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
 def main(run: RunFn, config_file: str, default_workdir: str) -> None:
@@ -28,7 +29,7 @@ def main(run: RunFn, config_file: str, default_workdir: str) -> None:
 
     def _main(argv: list[str]) -> None:
         del argv
-        logging.get_absl_handler().python_handler.addFilter(_not_orbax)
+        logging.get_absl_handler().addFilter(_not_orbax)
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         try:
             summary = run(config, workdir)

@@ -39,3 +39,85 @@ def training_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, tit
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def curves_by_group(curves: dict[Any, Sequence[dict[str, Any]]], key: str, path: str | os.PathLike,
+                    title: str, legend_title: str, ylabel: str, log_y: bool = False) -> None:
+    """One line of `key` against step (log axis) per group, e.g. test accuracy per data size."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cmap = plt.get_cmap("viridis")
+    for i, (group, rows) in enumerate(sorted(curves.items())):
+        rows = [r for r in rows if r["step"] > 0 and key in r]
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=str(group),
+                color=cmap(i / max(len(curves) - 1, 1)))
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(title=legend_title, fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def steps_vs_size(stats: Sequence[dict[str, Any]], cds: dict[str, Any], budget: int,
+                  path: str | os.PathLike, title: str) -> None:
+    """Mean (+- std over seeds) steps to memorise and to generalise against data size, with the
+    critical size and its band; sizes where no seed generalised sit at the budget line."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sizes = [s["size"] for s in stats]
+    for prefix, label, color in (("step_memorized", "memorise (train acc >= 0.99)", "tab:blue"),
+                                 ("step_generalized", "generalise (test acc >= 0.95)",
+                                  "tab:orange")):
+        xs = [s["size"] for s in stats if s[f"{prefix}_mean"] is not None]
+        ys = [s[f"{prefix}_mean"] for s in stats if s[f"{prefix}_mean"] is not None]
+        es = [s[f"{prefix}_std"] for s in stats if s[f"{prefix}_mean"] is not None]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label, color=color)
+    never = [s["size"] for s in stats if s["fraction_generalized"] == 0]
+    if never:
+        ax.scatter(never, [budget] * len(never), marker="x", color="tab:red",
+                   label="no seed generalised within budget")
+    ax.axhline(budget, color="grey", linestyle=":", linewidth=0.8)
+    if cds.get("critical_size_lower") is not None and cds.get("critical_size_upper") is not None:
+        ax.axvspan(cds["critical_size_lower"], cds["critical_size_upper"], color="tab:orange",
+                   alpha=0.12, label="seed spread of the transition")
+    if cds.get("critical_size") is not None:
+        ax.axvline(cds["critical_size"], color="tab:red", linestyle="--",
+                   label=f"critical data size {cds['critical_size']}")
+    ax.set_yscale("log")
+    ax.set_xticks(sizes)
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.set_xlabel("training set size")
+    ax.set_ylabel("steps")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def heatmap(values: dict[tuple[Any, Any], float], path: str | os.PathLike, title: str,
+            xlabel: str, ylabel: str, colorbar: str) -> None:
+    """A (row, column) -> value grid, annotated, e.g. test accuracy over width x data size."""
+    rows = sorted({r for r, _ in values})
+    cols = sorted({c for _, c in values})
+    grid = [[values.get((r, c), float("nan")) for c in cols] for r in rows]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(cols), 1.0 + 0.5 * len(rows)))
+    image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value < 0.6 else "black")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols], rotation=45)
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=colorbar)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

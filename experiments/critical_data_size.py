@@ -1,0 +1,158 @@
+"""Critical data size of modular arithmetic (Zhu et al. 2024): sample-wise and model-wise sweeps.
+
+Sample-wise (default; ~15 minutes on a 2-core CPU): train-set sizes from well below to well
+above the critical size, 3 seeds each, every run a grokking run with a fixed step budget:
+  python -m experiments.critical_data_size --workdir=runs/cds
+
+Model-wise: widths x depths x train-set sizes:
+  python -m experiments.critical_data_size --config=experiments/critical_data_size.py:model \
+      --workdir=runs/cds_model
+
+Smoke (seconds): --config=experiments/critical_data_size.py:smoke
+Any grokking field is a flag under `base`, e.g. --config.base.task.p=97
+--config.base.num_steps=20000; the grid is --config.train_counts='(200,400,800)'
+--config.seeds='(0,1)'. Re-running a sweep runs only the runs that are missing.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from experiments import grokking
+from phasemix import cli, plotting, run_io, sweep, transitions, validation
+
+MODES = ("sample", "model")
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    """Default: sample-wise. `model`: model-wise. `smoke`: a tiny sample-wise sweep."""
+    config = ml_collections.ConfigDict()
+    config.experiment = "critical_data_size"
+    config.mode = "sample"  # sample: sizes x seeds | model: widths x depths x sizes x seeds
+    base = grokking.get_config()
+    # A smaller task than the demo so that a 24-run sweep fits in minutes: add mod 47
+    # (2,209 pairs), a 1-layer d=64 decoder, lr 3e-3, weight decay 1, 3,000 steps.
+    base.task.p = 47
+    base.model.d_model = 64
+    base.model.d_mlp = 256
+    base.opt.lr = 3e-3
+    base.num_steps = 3000
+    base.eval_every = 25
+    base.checkpoint_every = 1000
+    config.base = base
+    config.train_counts = (300, 450, 600, 750, 900, 1100, 1400, 1800)  # of 2,209 pairs
+    config.seeds = (0, 1, 2)
+    config.widths = (16, 32, 64, 128)  # model mode: d_model (d_mlp = 4 x width, 4 heads)
+    config.depths = (1,)  # model mode: num_layers
+    config.workers = 2  # parallel processes (one XLA thread each); 1 runs in this process
+    if variant == "model":
+        config.mode = "model"
+        config.train_counts = (450, 750, 1100, 1800)
+        config.seeds = (0, 1)
+    elif variant == "smoke":
+        config.base = grokking.get_config("smoke")
+        config.train_counts = (100, 300)
+        config.seeds = (0, 1)
+        config.workers = 1
+    elif variant:
+        validation.fail("config", f"unknown variant {variant!r}; use '', 'model' or 'smoke'")
+    return config
+
+
+def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    """The grid: one override dict per run."""
+    validation.require_choice(config.mode, MODES, "mode")
+    for field in ("train_counts", "seeds") + (("widths", "depths") if config.mode == "model"
+                                              else ()):
+        validation.require(len(config[field]) > 0, field, "the sweep needs at least one value",
+                           config[field])
+    if config.mode == "sample":
+        return sweep.grid({"task.train_count": config.train_counts, "seed": config.seeds})
+    runs = []
+    for depth in config.depths:
+        for width in config.widths:
+            for override in sweep.grid({"task.train_count": config.train_counts,
+                                        "seed": config.seeds}):
+                runs.append({"model.num_layers": depth, "model.d_model": width,
+                             "model.d_mlp": 4 * width, **override})
+    return runs
+
+
+def analyse(rows: list[dict[str, Any]], budget: int) -> dict[str, Any]:
+    """Critical size, band and regimes of one group of runs (one model size)."""
+    stats = transitions.per_size(rows, "task.train_count")
+    cds = transitions.critical_data_size(stats)
+    stats = transitions.label_sizes(stats, cds)
+    return {**cds, **transitions.regime_summary(stats), "step_budget": budget,
+            "per_size": stats}
+
+
+def _figures(config, workdir: pathlib.Path, rows, analysis) -> None:
+    budget = config.base.num_steps
+    curves = {}
+    for row in rows:  # one seed per size: the first in the grid
+        if row["seed"] == config.seeds[0] and row["model.d_model"] == rows[0]["model.d_model"]:
+            curves[row["task.train_count"]] = run_io.read_metrics(
+                workdir / sweep.RUNS_DIR / row["run"])
+    title = (f"{config.base.task.op} mod {config.base.task.p}, d={rows[0]['model.d_model']}, "
+             f"seed {config.seeds[0]}")
+    plotting.curves_by_group(curves, "test_accuracy", workdir / "accuracy_by_size.png",
+                             f"Test accuracy per training-set size ({title})", "train pairs",
+                             "test accuracy")
+    plotting.curves_by_group(curves, "train_accuracy", workdir / "train_accuracy_by_size.png",
+                             f"Train accuracy per training-set size ({title})", "train pairs",
+                             "train accuracy")
+    plotting.curves_by_group(curves, "weight_norm", workdir / "weight_norm_by_size.png",
+                             f"Weight norm per training-set size ({title})", "train pairs",
+                             "weight L2 norm")
+    if config.mode == "sample":
+        plotting.steps_vs_size(analysis["per_size"], analysis, budget,
+                               workdir / "steps_vs_size.png",
+                               f"Steps to memorise / generalise ({len(config.seeds)} seeds)")
+    else:
+        accuracy: dict[tuple[Any, Any], list[float]] = {}
+        for row in rows:
+            key = (row["model.d_model"], row["task.train_count"])
+            accuracy.setdefault(key, []).append(row["final_test_accuracy"])
+        means = {k: sum(v) / len(v) for k, v in accuracy.items()}
+        plotting.heatmap(means, workdir / "accuracy_heatmap.png",
+                         f"Final test accuracy (mean of {len(config.seeds)} seeds)",
+                         "training-set size", "model width (d_model)", "test accuracy")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    grid = overrides(config)
+    workdir_path = pathlib.Path(workdir)
+    rows = sweep.run_sweep(config.base, grid, workdir_path, grokking.run,
+                           validate_fn=grokking.validate, workers=config.workers)
+    run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
+    budget = config.base.num_steps
+    if config.mode == "sample":
+        analysis = analyse(rows, budget)
+        summary = {k: v for k, v in analysis.items() if k != "per_size"}
+        sweep.write_table(analysis["per_size"], workdir_path / "per_size.csv")
+    else:
+        by_model: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for row in rows:
+            by_model.setdefault((row["model.num_layers"], row["model.d_model"]), []).append(row)
+        per_model = []
+        for (depth, width), group in sorted(by_model.items()):
+            result = analyse(group, budget)
+            per_model.append({"num_layers": depth, "d_model": width,
+                              **{k: v for k, v in result.items() if k != "per_size"}})
+        sweep.write_table(per_model, workdir_path / "per_model.csv")
+        analysis = {"per_size": []}
+        summary = {"critical_size_by_model": [
+            {k: m[k] for k in ("num_layers", "d_model", "critical_size", "critical_size_lower",
+                               "critical_size_upper")} for m in per_model]}
+    summary.update(mode=config.mode, runs=len(rows))
+    run_io.write_json_atomic(workdir_path / run_io.SUMMARY_FILE, summary)
+    _figures(config, workdir_path, rows, analysis)
+    return summary
+
+
+if __name__ == "__main__":
+    cli.main(run, config_file=__file__, default_workdir="runs/critical_data_size")

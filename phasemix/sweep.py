@@ -1,0 +1,235 @@
+"""Sweeps: a grid of config overrides, each run in its own workdir, one tidy table for all.
+
+A sweep is a base config plus a list of override dicts (`grid` builds the Cartesian product of
+axes). Every run keeps the run output contract in `<sweep_dir>/runs/<name>/`; the table
+`<sweep_dir>/results.csv` has one row per run with the flattened config and the run's summary
+as columns. Re-running the same sweep skips finished runs and resumes interrupted ones.
+
+Runs execute one after another in this process (`workers=1`) or in `workers` spawned processes,
+each pinned to one XLA CPU thread so that the processes do not fight over the cores.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import copy
+import csv
+import io
+import itertools
+import multiprocessing
+import os
+import pathlib
+import re
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import ml_collections
+from absl import logging
+
+from phasemix import progress, run_io, validation
+
+RunFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
+ValidateFn = Callable[[ml_collections.ConfigDict], None]
+RESULTS_FILE = "results.csv"
+RUNS_DIR = "runs"
+# One XLA CPU thread per process: with one process per core the processes then share the
+# machine instead of oversubscribing it.
+SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def grid(axes: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The Cartesian product of `axes` (last axis fastest), each merged with `fixed`."""
+    fixed = dict(fixed or {})
+    for key, values in axes.items():
+        if not values:
+            raise validation.ConfigError(f"sweep axis {key!r} has no values")
+        if key in fixed and any(v != fixed[key] for v in values):
+            raise validation.ConfigError(
+                f"contradictory overrides: {key} is fixed to {fixed[key]!r} and swept over "
+                f"{list(values)}")
+    keys = list(axes)
+    return [{**fixed, **dict(zip(keys, combo))}
+            for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def run_name(overrides: Mapping[str, Any]) -> str:
+    """A readable, filesystem-safe folder name such as `task.train_count=400,seed=1`."""
+    name = ",".join(f"{k}={_format_value(v)}" for k, v in overrides.items()) or "base"
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+
+
+def apply_overrides(base: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of `base` with dotted `overrides` set; an unknown field is a ConfigError."""
+    config = copy.deepcopy(base)
+    for dotted, value in overrides.items():
+        node = config
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise validation.ConfigError(f"sweep override {dotted!r}: no config field "
+                                             f"{part!r} (known: {sorted(node.keys())})")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf not in node:
+            raise validation.ConfigError(f"sweep override {dotted!r}: no config field {leaf!r} "
+                                         f"(known: {sorted(node.keys())})")
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise validation.ConfigError(f"sweep override {dotted}={value!r}: {e}") from e
+    return config
+
+
+def _finished(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """The run's summary if it completed with exactly this config, else None."""
+    try:
+        if run_io.read_json(workdir / run_io.CONFIG_FILE) != run_io.config_to_dict(config):
+            return None
+        summary = run_io.read_json(workdir / run_io.SUMMARY_FILE)
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("final_step") == config.get("num_steps") else None
+
+
+def _check_writable(sweep_dir: pathlib.Path) -> None:
+    try:
+        (sweep_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+        probe = sweep_dir / ".write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise validation.ConfigError(f"--workdir={sweep_dir} is not writable: {e}") from e
+
+
+def write_table(rows: Iterable[Mapping[str, Any]], path: pathlib.Path) -> None:
+    """CSV with the union of all rows' columns (pandas.read_csv reads it); written atomically."""
+    rows = list(rows)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a results table, with numbers parsed back (empty cells become None)."""
+
+    def parse(value: str) -> Any:
+        if value == "":
+            return None
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return {"True": True, "False": False}.get(value, value)
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _run_one(run_fn: RunFn, config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, Any], float]:
+    start = time.monotonic()
+    summary = run_fn(config, workdir)
+    return summary, time.monotonic() - start
+
+
+def _quiet_worker() -> None:
+    logging.set_verbosity(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, Any]],
+              sweep_dir: str | os.PathLike, run_fn: RunFn, validate_fn: ValidateFn | None = None,
+              workers: int = 1) -> list[dict[str, Any]]:
+    """Runs every override set not yet finished and returns the table's rows (grid order).
+
+    Everything is checked before the first run starts: an empty grid, unknown fields, two
+    runs that would share a folder, invalid configs (`validate_fn`), an unwritable folder.
+    """
+    if not overrides:
+        raise validation.ConfigError("the sweep grid is empty: nothing to run")
+    sweep_dir = pathlib.Path(sweep_dir)
+    runs = []
+    for override in overrides:
+        config = apply_overrides(base, override)
+        if validate_fn is not None:
+            try:
+                validate_fn(config)
+            except validation.ConfigError as e:
+                raise validation.ConfigError(f"run {run_name(override)}: {e}") from e
+        runs.append((run_name(override), dict(override), config))
+    names = [name for name, _, _ in runs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise validation.ConfigError(f"the sweep grid repeats runs: {duplicates}")
+    _check_writable(sweep_dir)
+
+    results: dict[str, tuple[dict[str, Any], float | None]] = {}
+    todo = []
+    for name, _, config in runs:
+        summary = _finished(sweep_dir / RUNS_DIR / name, config)
+        if summary is None:
+            todo.append((name, config))
+        else:
+            results[name] = (summary, None)
+    logging.info("sweep %s: %d runs, %d already finished, %d to run with %d worker(s)",
+                 sweep_dir, len(runs), len(results), len(todo), workers)
+
+    def table_rows() -> list[dict[str, Any]]:
+        rows = []
+        for name, override, config in runs:
+            if name not in results:
+                continue
+            summary, seconds = results[name]
+            rows.append({"run": name, **{f"sweep.{k}": v for k, v in override.items()},
+                         **run_io.flatten_config(config), **summary,
+                         "run_seconds": seconds})
+        return rows
+
+    bar = progress.Progress(len(runs), len(results), unit="run")
+
+    def record(name: str, summary: dict[str, Any], seconds: float) -> None:
+        results[name] = (summary, seconds)
+        write_table(table_rows(), sweep_dir / RESULTS_FILE)
+        logging.info("%s", bar.line(len(results), f"finished {name} in {seconds:.0f}s"))
+        print(bar.line(len(results), f"finished {name} in {seconds:.0f}s"), flush=True)
+
+    if workers <= 1:
+        for name, config in todo:
+            record(name, *_run_one(run_fn, config, str(sweep_dir / RUNS_DIR / name)))
+    else:
+        context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
+        with _env(XLA_FLAGS=SINGLE_THREAD_XLA_FLAGS), concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_quiet_worker) as pool:
+            futures = {pool.submit(_run_one, run_fn, config, str(sweep_dir / RUNS_DIR / name)):
+                       name for name, config in todo}
+            for future in concurrent.futures.as_completed(futures):
+                record(futures[future], *future.result())
+    rows = table_rows()
+    write_table(rows, sweep_dir / RESULTS_FILE)
+    return rows

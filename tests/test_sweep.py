@@ -1,0 +1,93 @@
+"""The sweep runner: grids, up-front errors, skipping finished runs, the tidy table."""
+
+import pathlib
+
+import pytest
+
+from experiments import critical_data_size, grokking
+from phasemix import sweep, validation
+
+
+def test_grid_is_the_cartesian_product_in_order():
+    assert sweep.grid({"a": [1, 2], "b": ["x", "y"]}, fixed={"c": 0}) == [
+        {"c": 0, "a": 1, "b": "x"}, {"c": 0, "a": 1, "b": "y"},
+        {"c": 0, "a": 2, "b": "x"}, {"c": 0, "a": 2, "b": "y"}]
+    assert sweep.run_name({"task.train_count": 300, "opt.lr": 0.003}) == \
+        "task.train_count=300,opt.lr=0.003"
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ([], "grid is empty"),
+    ([{"task.modulus": 7}], "no config field 'modulus'"),
+    ([{"optim.lr": 1.0}], "no config field 'optim'"),
+    ([{"seed": 0}, {"seed": 0}], "repeats runs"),
+    ([{"task.p": 1}], r"run task.p=1: --config.task.p=1"),
+])
+def test_bad_sweeps_fail_before_any_run(tmp_path, overrides, match):
+    def never_called(config, workdir):
+        raise AssertionError("a run started")
+
+    with pytest.raises(validation.ConfigError, match=match):
+        sweep.run_sweep(grokking.get_config("smoke"), overrides, tmp_path / "s", never_called,
+                        validate_fn=grokking.validate)
+    assert not (tmp_path / "s").exists()
+
+
+def test_contradictory_and_empty_axes():
+    with pytest.raises(validation.ConfigError, match="contradictory"):
+        sweep.grid({"seed": [0, 1]}, fixed={"seed": 2})
+    with pytest.raises(validation.ConfigError, match="no values"):
+        sweep.grid({"seed": []})
+
+
+def test_unwritable_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(validation.ConfigError, match="not writable"):
+        sweep.run_sweep(grokking.get_config("smoke"), [{"seed": 0}], blocker / "sub",
+                        lambda c, w: {})
+
+
+def fake_run(config, workdir):
+    """Stands in for a training run: writes the files a finished run leaves."""
+    from phasemix import run_io
+
+    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    run_io.write_json_atomic(pathlib.Path(workdir) / "config.json", run_io.config_to_dict(config))
+    summary = {"final_step": config.num_steps, "double_seed": 2 * config.seed}
+    run_io.write_json_atomic(pathlib.Path(workdir) / "summary.json", summary)
+    with open(pathlib.Path(workdir).parent.parent / "calls.txt", "a") as f:
+        f.write(f"{config.seed}\n")
+    return summary
+
+
+def test_rerun_skips_finished_runs_and_table_has_config_and_summary(tmp_path):
+    base = grokking.get_config("smoke")
+    first = sweep.run_sweep(base, sweep.grid({"seed": [0, 1]}), tmp_path, fake_run)
+    (tmp_path / "runs" / "seed=1" / "summary.json").unlink()  # as if killed mid-run
+    rows = sweep.run_sweep(base, sweep.grid({"seed": [0, 1, 2]}), tmp_path, fake_run)
+    assert (tmp_path / "calls.txt").read_text().split() == ["0", "1", "1", "2"]
+    assert [r["run"] for r in rows] == ["seed=0", "seed=1", "seed=2"]
+    table = sweep.read_table(tmp_path / "results.csv")
+    assert [r["double_seed"] for r in table] == [0, 2, 4]
+    assert table[0]["task.p"] == base.task.p and table[2]["sweep.seed"] == 2
+    assert len(first) == 2
+
+
+def test_smoke_sweep_end_to_end(tmp_path):
+    """Two processes, real runs: table, analysis, figures; a re-run trains nothing."""
+    config = critical_data_size.get_config("smoke")
+    config.workers = 2
+    summary = critical_data_size.run(config, str(tmp_path))
+    assert summary["runs"] == 4
+    table = sweep.read_table(tmp_path / "results.csv")
+    assert sorted((r["task.train_count"], r["seed"]) for r in table) == [
+        (100, 0), (100, 1), (300, 0), (300, 1)]
+    assert all(r["final_step"] == config.base.num_steps for r in table)
+    for name in ("steps_vs_size.png", "accuracy_by_size.png", "weight_norm_by_size.png",
+                 "per_size.csv", "summary.json", "config.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    stamp = (tmp_path / "runs" / "task.train_count=100,seed=0" / "metrics.jsonl").stat().st_mtime
+    critical_data_size.run(config, str(tmp_path))
+    assert (tmp_path / "runs" / "task.train_count=100,seed=0" /
+            "metrics.jsonl").stat().st_mtime == stamp
