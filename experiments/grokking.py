@@ -114,11 +114,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     task = make_task(config, jax.device_count())
     summary = train.train_and_evaluate(config, workdir, task)
+    _plot(config, workdir, summary)
+    return summary
+
+
+def run_vmapped(configs: list[ml_collections.ConfigDict], workdirs: list[str]) -> list[dict]:
+    """Runs that differ only in seed, trained together as one vmapped program."""
+    import jax
+
+    tasks = [make_task(c, jax.device_count()) for c in configs]
+    summaries = train.train_and_evaluate_vmapped(configs, workdirs, tasks)
+    for config, workdir, summary in zip(configs, workdirs, summaries):
+        _plot(config, workdir, summary)
+    return summaries
+
+
+def _plot(config: ml_collections.ConfigDict, workdir: str, summary: dict) -> None:
     train.plot_run(workdir, f"{config.task.op} mod {config.task.p}, "
                    f"{summary['train_size']} train pairs",
                    {"memorised": summary["step_memorized"],
                     "generalised": summary["step_generalized"]})
-    return summary
 
 
 if __name__ == "__main__":

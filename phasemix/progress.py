@@ -26,5 +26,7 @@ class Progress:
         rate = (done - self._start_done) / elapsed if elapsed > 0 else 0.0
         eta = format_seconds((self.total - done) / rate) if rate > 0 else "?"
         percent = 100.0 * done / max(self.total, 1)
-        return (f"{self._unit} {done}/{self.total} ({percent:.0f}%) {extra} | "
-                f"{rate:.1f} {self._unit}s/s | elapsed {format_seconds(elapsed)} | ETA {eta}")
+        speed = (f"{rate:.1f} {self._unit}s/s" if rate >= 1 or rate == 0
+                 else f"{1 / rate:.0f} s/{self._unit}")
+        return (f"{self._unit} {done}/{self.total} ({percent:.0f}%) {extra} | {speed} | "
+                f"elapsed {format_seconds(elapsed)} | ETA {eta}")

@@ -5,8 +5,10 @@ axes). Every run keeps the run output contract in `<sweep_dir>/runs/<name>/`; th
 `<sweep_dir>/results.csv` has one row per run with the flattened config and the run's summary
 as columns. Re-running the same sweep skips finished runs and resumes interrupted ones.
 
-Runs execute one after another in this process (`workers=1`) or in `workers` spawned processes,
-each pinned to one XLA CPU thread so that the processes do not fight over the cores.
+Runs execute one after another in this process (`workers=1`), in `workers` spawned processes,
+each pinned to one XLA CPU thread so that the processes do not fight over the cores, or
+(`group_fn` given) as groups of runs that differ only in seed, each group one vmapped program.
+Which is fastest depends on the machine: `benchmarks/sweep_runner.py` measures it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from absl import logging
 from phasemix import progress, run_io, validation
 
 RunFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
+# Trains runs that differ only in seed as one vmapped program: (configs, workdirs) -> summaries.
+GroupRunFn = Callable[[list[ml_collections.ConfigDict], list[str]], list[dict[str, Any]]]
 ValidateFn = Callable[[ml_collections.ConfigDict], None]
 RESULTS_FILE = "results.csv"
 RUNS_DIR = "runs"
@@ -163,9 +167,19 @@ def _env(**values: str):
                 os.environ[k] = v
 
 
+def _seed_groups(todo: list[tuple[str, ml_collections.ConfigDict]]) -> list[list[tuple[str, ml_collections.ConfigDict]]]:
+    """Runs whose configs are equal but for `seed`, grouped in grid order."""
+    groups: dict[str, list[tuple[str, ml_collections.ConfigDict]]] = {}
+    for name, config in todo:
+        key = repr(sorted((k, repr(v)) for k, v in run_io.flatten_config(config).items()
+                          if k != "seed"))
+        groups.setdefault(key, []).append((name, config))
+    return list(groups.values())
+
+
 def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, Any]],
               sweep_dir: str | os.PathLike, run_fn: RunFn, validate_fn: ValidateFn | None = None,
-              workers: int = 1) -> list[dict[str, Any]]:
+              workers: int = 1, group_fn: GroupRunFn | None = None) -> list[dict[str, Any]]:
     """Runs every override set not yet finished and returns the table's rows (grid order).
 
     Everything is checked before the first run starts: an empty grid, unknown fields, two
@@ -219,7 +233,15 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
         logging.info("%s", bar.line(len(results), f"finished {name} in {seconds:.0f}s"))
         print(bar.line(len(results), f"finished {name} in {seconds:.0f}s"), flush=True)
 
-    if workers <= 1:
+    if group_fn is not None:
+        for group in _seed_groups(todo):
+            start = time.monotonic()
+            summaries = group_fn([c for _, c in group],
+                                 [str(sweep_dir / RUNS_DIR / name) for name, _ in group])
+            seconds = (time.monotonic() - start) / len(group)  # each run's share of the group
+            for (name, _), summary in zip(group, summaries):
+                record(name, summary, seconds)
+    elif workers <= 1:
         for name, config in todo:
             record(name, *_run_one(run_fn, config, str(sweep_dir / RUNS_DIR / name)))
     else:

@@ -138,117 +138,214 @@ class _SigtermFlag:
 
 @dataclasses.dataclass(frozen=True)
 class Programs:
-    """The jitted functions of one config on one mesh, with the shardings they use."""
+    """The jitted functions of one config on one mesh, with the shardings they use.
 
-    init: Callable[[jax.Array], TrainState]  # PRNG key -> initial state
+    With `num_runs` set, every function is vmapped over a leading axis of that many runs
+    (states, batches and evaluation sets stacked), so several runs train as one program.
+    """
+
+    init: Callable[[jax.Array], TrainState]  # PRNG key(s) -> initial state(s)
     step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
     evaluate: Callable[[Any, dict[str, jax.Array]], losses.Metrics]  # params, stacked set
     norms: Callable[[Any], dict[str, jax.Array]]
-    abstract_state: TrainState  # shapes, dtypes and shardings, for restoring checkpoints
+    abstract_state: TrainState  # of ONE run: shapes, dtypes, shardings for restoring
+    batch_axis: int  # where the example axis of a train batch is (1 when vmapped)
 
 
-def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh) -> Programs:
+def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh,
+                   num_runs: int | None = None) -> Programs:
     """jit with explicit shardings: state replicated, batches split over the 'data' axis."""
     model = model_lib.Transformer(task.model_config)
     optimizer = optimizer_lib.make_optimizer(config.opt, config.num_steps)
     tokens = jnp.asarray(task.train_batches[0]["inputs"][:1])
     init_fn = functools.partial(init_state, tokens_BxL=tokens, model=model, optimizer=optimizer,
                                 init_scale=config.model.init_scale)
-    abstract_state = jax.eval_shape(init_fn, jax.random.key(0))
-    state_sharding = sharding.tree_replicated(abstract_state, mesh)
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  abstract_state, state_sharding)
-    step = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer, loss_fn=task.loss_fn),
-        in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-        out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    step_fn = functools.partial(train_step, model=model, optimizer=optimizer,
+                                loss_fn=task.loss_fn)
+    eval_fn = functools.partial(eval_step, model=model, loss_fn=task.loss_fn)
+    norms_fn = weight_norms
+    batch_axis = 0
+    if num_runs is not None:
+        init_fn, step_fn, eval_fn, norms_fn = map(jax.vmap, (init_fn, step_fn, eval_fn, norms_fn))
+        batch_axis = 1
+
+    def with_sharding(abstract):
+        return jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)),
+            abstract)
+
+    one_key = jax.random.key(0)
+    keys = one_key if num_runs is None else jax.random.split(one_key, num_runs)
+    state_sharding = sharding.tree_replicated(jax.eval_shape(init_fn, keys), mesh)
+    single = functools.partial(init_state, tokens_BxL=tokens, model=model, optimizer=optimizer,
+                               init_scale=config.model.init_scale)
+    step = jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh, batch_axis)),
+                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     return Programs(
         init=jax.jit(init_fn, out_shardings=state_sharding),
         step=step,
-        evaluate=jax.jit(functools.partial(eval_step, model=model, loss_fn=task.loss_fn)),
-        norms=jax.jit(weight_norms),
-        abstract_state=abstract_state)
+        evaluate=jax.jit(eval_fn),
+        norms=jax.jit(norms_fn),
+        abstract_state=with_sharding(jax.eval_shape(single, one_key)),
+        batch_axis=batch_axis)
+
+
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def _unstack(tree: Any, num_runs: int) -> list[Any]:
+    return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(num_runs)]
+
+
+class _Run:
+    """One run's files: workdir, checkpoints, data iterator and metrics writer."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task):
+        self.config, self.task = config, task
+        self.workdir = run_io.prepare_workdir(workdir, config)
+        self.checkpointer = checkpointing.Checkpointer(self.workdir / run_io.CHECKPOINT_DIR)
+        self.data_iter = batching.iterate(task.train_batches)
+        self.start_step = self.checkpointer.latest_step() or 0
+        self.writer: run_io.MetricsWriter | None = None
+        self.elapsed_before = 0.0
+
+    def restore(self, abstract_state: TrainState) -> TrainState:
+        state = self.checkpointer.restore(self.start_step, abstract_state, self.data_iter)
+        rows = [r for r in run_io.read_metrics(self.workdir) if r["step"] <= self.start_step]
+        self.elapsed_before = rows[-1]["elapsed_seconds"] if rows else 0.0
+        logging.info("Resumed from step %d in %s", self.start_step, self.checkpointer.directory)
+        return state
+
+    def summarize(self) -> dict[str, Any]:
+        rows = run_io.read_metrics(self.workdir)
+        summary = {**self.task.summarize(rows), "final_step": rows[-1]["step"],
+                   "wall_seconds": rows[-1]["elapsed_seconds"]}
+        for key, value in rows[-1].items():
+            if key.endswith(("_accuracy", "_loss")) and not key.startswith("batch"):
+                summary[f"final_{key}"] = value
+        run_io.write_json_atomic(self.workdir / run_io.SUMMARY_FILE, summary)
+        return summary
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.checkpointer.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        task: Task) -> dict[str, Any]:
     """Trains `config.num_steps` steps (resuming if the workdir has a checkpoint); returns the summary."""
+    return _train_runs([config], [workdir], [task], vectorized=False)[0]
+
+
+def train_and_evaluate_vmapped(configs: list[ml_collections.ConfigDict], workdirs: list[str],
+                               tasks: list[Task]) -> list[dict[str, Any]]:
+    """Trains several runs as one vmapped program, in lockstep, each with its own workdir.
+
+    The runs may differ only in `seed` (so in their data split, batch order and init): every
+    other field, and so every array shape, must be equal.
+    """
+    reference = run_io.flatten_config(configs[0])
+    for config in configs[1:]:
+        differ = sorted(k for k, v in run_io.flatten_config(config).items()
+                        if k != "seed" and reference.get(k) != v)
+        if differ:
+            raise validation.ConfigError(f"vmapped runs may differ only in seed, not in {differ}")
+    return _train_runs(configs, workdirs, tasks, vectorized=True)
+
+
+def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
+                tasks: list[Task], vectorized: bool) -> list[dict[str, Any]]:
+    config, task = configs[0], tasks[0]  # the shared settings
+    num_runs = len(configs)
     mesh = sharding.make_mesh()
-    validate_loop_config(config, sharding.num_data_shards(mesh))
-    task.model_config.validate()
-    workdir = run_io.prepare_workdir(workdir, config)
-    programs = build_programs(config, task, mesh)
-    eval_sets = {name: sharding.put_batch(batching.pad_and_stack(arrays, config.eval_batch_size),
-                                          mesh, batch_axis=1)
-                 for name, arrays in task.eval_sets.items()}
-
-    def evaluate(params) -> dict[str, float]:
-        row: dict[str, float] = {}
-        for name, stacked in eval_sets.items():
-            row.update(losses.finalize(jax.device_get(programs.evaluate(params, stacked)),
-                                       f"{name}_"))
-        row.update({k: float(v) for k, v in jax.device_get(programs.norms(params)).items()})
-        return row
-
-    checkpointer = checkpointing.Checkpointer(workdir / run_io.CHECKPOINT_DIR)
-    data_iter = batching.iterate(task.train_batches)
-    start_step = checkpointer.latest_step() or 0
-    elapsed_before = 0.0
-    if start_step:
-        state = checkpointer.restore(start_step, programs.abstract_state, data_iter)
-        rows = [r for r in run_io.read_metrics(workdir) if r["step"] <= start_step]
-        elapsed_before = rows[-1]["elapsed_seconds"] if rows else 0.0
-        logging.info("Resumed from step %d in %s", start_step, checkpointer.directory)
-    else:
-        state = programs.init(jax.random.key(config.seed))
-    writer = run_io.MetricsWriter(workdir, resume_step=start_step)
-    bar = progress.Progress(config.num_steps, start_step)
-    t0 = time.monotonic() - elapsed_before
-
-    def log_row(step: int, train_metrics: dict[str, Any] | None) -> dict[str, Any]:
-        row = {"step": step, **evaluate(state.params)}
-        if train_metrics is not None:
-            row.update({k: float(v) for k, v in jax.device_get(train_metrics).items()})
-        row["elapsed_seconds"] = time.monotonic() - t0
-        if not all(np.isfinite(v) for v in row.values()):
-            raise FloatingPointError(f"non-finite metrics at step {step}: {row}")
-        writer.write(row)
-        shown = " ".join(f"{k}={row[k]:.3f}" for k in row if k.endswith("accuracy")
-                         and not k.startswith("batch"))
-        logging.info("%s", bar.line(step, shown))
-        return row
-
+    for c, t in zip(configs, tasks):
+        validate_loop_config(c, sharding.num_data_shards(mesh))
+        t.model_config.validate()
+    runs = [_Run(c, w, t) for c, w, t in zip(configs, workdirs, tasks)]
     try:
+        starts = {run.start_step for run in runs}
+        if len(starts) > 1:
+            raise validation.ConfigError(
+                f"vmapped runs must resume from the same step, found {sorted(starts)}; "
+                "run them one by one (sweep workers mode) instead")
+        start_step = starts.pop()
+        programs = build_programs(config, task, mesh, num_runs if vectorized else None)
+        eval_sets = {}
+        for name in task.eval_sets:
+            padded = [batching.pad_and_stack(t.eval_sets[name], config.eval_batch_size)
+                      for t in tasks]
+            host = _stack(padded) if vectorized else padded[0]
+            eval_sets[name] = sharding.put_batch(host, mesh, batch_axis=programs.batch_axis + 1)
+
+        if start_step:
+            states = [run.restore(programs.abstract_state) for run in runs]
+            state = _stack(jax.device_get(states)) if vectorized else states[0]
+            if vectorized:
+                state = jax.device_put(state, sharding.replicated(mesh))
+        else:
+            keys = [jax.random.key(c.seed) for c in configs]
+            state = programs.init(jnp.stack(keys) if vectorized else keys[0])
+        for run in runs:
+            run.writer = run_io.MetricsWriter(run.workdir, resume_step=start_step)
+        bar = progress.Progress(config.num_steps, start_step)
+        t0 = time.monotonic()
+
+        def per_run(tree: Any) -> list[Any]:
+            host = jax.device_get(tree)
+            return _unstack(host, num_runs) if vectorized else [host]
+
+        def log_rows(step: int, train_metrics: dict[str, Any] | None) -> None:
+            rows = [{"step": step} for _ in runs]
+            for name, stacked in eval_sets.items():
+                for row, sums in zip(rows, per_run(programs.evaluate(state.params, stacked))):
+                    row.update(losses.finalize(sums, f"{name}_"))
+            for row, norms in zip(rows, per_run(programs.norms(state.params))):
+                row.update({k: float(v) for k, v in norms.items()})
+            if train_metrics is not None:
+                for row, metrics in zip(rows, per_run(train_metrics)):
+                    row.update({k: float(v) for k, v in metrics.items()})
+            for run, row in zip(runs, rows):
+                row["elapsed_seconds"] = run.elapsed_before + time.monotonic() - t0
+                if not all(np.isfinite(v) for v in row.values()):
+                    raise FloatingPointError(f"non-finite metrics at step {step}: {row}")
+                run.writer.write(row)
+            shown = " ".join(f"{k}={rows[0][k]:.3f}" for k in rows[0]
+                             if k.endswith("accuracy") and not k.startswith("batch"))
+            logging.info("%s", bar.line(step, shown))
+
+        def save(step: int) -> None:
+            states = _unstack(state, num_runs) if vectorized else [state]
+            for run, run_state in zip(runs, states):
+                run.checkpointer.save(step, run_state, run.data_iter)
+
         with _SigtermFlag() as sigterm:
             if start_step == 0:
-                log_row(0, None)
+                log_rows(0, None)
             for step in range(start_step, config.num_steps):
-                batch = sharding.put_batch(next(data_iter), mesh)
-                state, metrics = programs.step(state, batch)
+                host_batches = [next(run.data_iter) for run in runs]
+                host = _stack(host_batches) if vectorized else host_batches[0]
+                state, metrics = programs.step(
+                    state, sharding.put_batch(host, mesh, batch_axis=programs.batch_axis))
                 done = step + 1
                 if done % config.eval_every == 0 or done == config.num_steps:
-                    log_row(done, metrics)
+                    log_rows(done, metrics)
                 if done % config.checkpoint_every == 0 or done == config.num_steps:
-                    checkpointer.save(done, state, data_iter)
+                    save(done)
                 if sigterm.raised and done < config.num_steps:
-                    checkpointer.save(done, state, data_iter)
-                    checkpointer.wait()
+                    save(done)
+                    for run in runs:
+                        run.checkpointer.wait()
                     logging.warning("SIGTERM: saved step %d; re-run the same command to resume.",
                                     done)
                     raise Preempted(done)
-        checkpointer.wait()
+        for run in runs:
+            run.checkpointer.wait()
     finally:
-        writer.close()
-        checkpointer.close()
-
-    rows = run_io.read_metrics(workdir)
-    summary = {**task.summarize(rows), "final_step": rows[-1]["step"],
-               "wall_seconds": rows[-1]["elapsed_seconds"]}
-    for key, value in rows[-1].items():
-        if key.endswith(("_accuracy", "_loss")) and not key.startswith("batch"):
-            summary[f"final_{key}"] = value
-    run_io.write_json_atomic(workdir / run_io.SUMMARY_FILE, summary)
-    return summary
+        for run in runs:
+            run.close()
+    return [run.summarize() for run in runs]
 
 
 def plot_run(workdir: str, title: str, markers: dict[str, int | None] | None = None) -> None:
