@@ -53,6 +53,16 @@ class Checkpointer:
             ) from e
         return restored.state
 
+    def restore_state(self, step: int, abstract_state: Any) -> Any:
+        """The train state alone (for analysis), without touching any data iterator."""
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state)))
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} could not be read "
+                                  f"({type(e).__name__}: {str(e)[:300]})") from e
+        return restored.state
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 

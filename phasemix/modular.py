@@ -84,10 +84,15 @@ def to_examples(a: np.ndarray, b: np.ndarray, c: np.ndarray, p: int) -> dict[str
     return {"inputs": inputs, "targets": targets, "loss_mask": loss_mask}
 
 
+def pair_order(op: str, p: int, seed: int) -> np.ndarray:
+    """The seeded order of `all_pairs`: the train set of size n is its first n entries."""
+    return np.random.default_rng([seed, 0]).permutation(num_pairs(op, p))
+
+
 def split(task: ml_collections.ConfigDict, seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(train, test) examples; train sets of one seed nest inside each other."""
     a, b, c = all_pairs(task.op, task.p)
-    order = np.random.default_rng([seed, 0]).permutation(len(a))
+    order = pair_order(task.op, task.p, seed)
     n = train_size(task)
     train_rows, test_rows = order[:n], order[n:]
     return (to_examples(a[train_rows], b[train_rows], c[train_rows], task.p),

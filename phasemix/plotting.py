@@ -121,3 +121,22 @@ def heatmap(values: dict[tuple[Any, Any], float], path: str | os.PathLike, title
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def projection_by_subset(all_values: Sequence[float], subsets: dict[Any, Sequence[float]],
+                         path: str | os.PathLike, title: str, xlabel: str) -> None:
+    """Density of a 1-D projection for the whole dataset and for each (nested) subset."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bins = 40
+    ax.hist(all_values, bins=bins, density=True, color="lightgrey", label="all pairs")
+    cmap = plt.get_cmap("viridis")
+    for i, (name, values) in enumerate(sorted(subsets.items())):
+        ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.2,
+                color=cmap(i / max(len(subsets) - 1, 1)), label=f"{name} train pairs")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

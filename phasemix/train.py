@@ -348,6 +348,19 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
     return [run.summarize() for run in runs]
 
 
+def restore_params(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Any:
+    """The parameters of a run's newest checkpoint, for analysis after training."""
+    programs = build_programs(config, task, sharding.make_mesh())
+    checkpointer = checkpointing.Checkpointer(pathlib.Path(workdir) / run_io.CHECKPOINT_DIR)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise checkpointing.CheckpointError(f"{workdir} has no checkpoint")
+        return checkpointer.restore_state(step, programs.abstract_state).params
+    finally:
+        checkpointer.close()
+
+
 def plot_run(workdir: str, title: str, markers: dict[str, int | None] | None = None) -> None:
     """The standard figure of a run, drawn from its metrics.jsonl."""
     plotting.training_curves(run_io.read_metrics(workdir), pathlib.Path(workdir) / "curves.png",
