@@ -8,7 +8,7 @@ Model-wise: widths x depths x train-set sizes:
   python -m experiments.critical_data_size --config=experiments/critical_data_size.py:model \
       --workdir=runs/cds_model
 
-Smoke (seconds): --config=experiments/critical_data_size.py:smoke
+Smoke (seconds): --config=experiments/critical_data_size.py:smoke (or :model_smoke)
 Any grokking field is a flag under `base`, e.g. --config.base.task.p=97
 --config.base.num_steps=20000; the grid is --config.train_counts='(200,400,800)'
 --config.seeds='(0,1)'. Re-running a sweep runs only the runs that are missing.
@@ -56,13 +56,19 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.mode = "model"
         config.train_counts = (450, 750, 1100, 1800)
         config.seeds = (0, 1)
-    elif variant == "smoke":
+    elif variant in ("smoke", "model_smoke"):
         config.base = grokking.get_config("smoke")
         config.train_counts = (100, 300)
         config.seeds = (0, 1)
         config.workers = 1
+        if variant == "model_smoke":
+            config.mode = "model"
+            config.train_counts = (200,)
+            config.seeds = (0,)
+            config.widths = (16, 32)
     elif variant:
-        validation.fail("config", f"unknown variant {variant!r}; use '', 'model' or 'smoke'")
+        validation.fail("config", f"unknown variant {variant!r}; use '', 'model', 'smoke' or "
+                        "'model_smoke'")
     return config
 
 

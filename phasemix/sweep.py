@@ -211,8 +211,9 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
             todo.append((name, config))
         else:
             results[name] = (summary, None)
-    logging.info("sweep %s: %d runs, %d already finished, %d to run with %d worker(s)",
-                 sweep_dir, len(runs), len(results), len(todo), workers)
+    mode = "vmapped seed groups" if group_fn else f"{workers} worker(s)"
+    print(f"sweep {sweep_dir}: {len(runs)} runs, {len(results)} already finished, "
+          f"{len(todo)} to run with {mode}", flush=True)
 
     def table_rows() -> list[dict[str, Any]]:
         rows = []
@@ -230,7 +231,6 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     def record(name: str, summary: dict[str, Any], seconds: float) -> None:
         results[name] = (summary, seconds)
         write_table(table_rows(), sweep_dir / RESULTS_FILE)
-        logging.info("%s", bar.line(len(results), f"finished {name} in {seconds:.0f}s"))
         print(bar.line(len(results), f"finished {name} in {seconds:.0f}s"), flush=True)
 
     if group_fn is not None:

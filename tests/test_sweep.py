@@ -91,3 +91,25 @@ def test_smoke_sweep_end_to_end(tmp_path):
     critical_data_size.run(config, str(tmp_path))
     assert (tmp_path / "runs" / "task.train_count=100,seed=0" /
             "metrics.jsonl").stat().st_mtime == stamp
+
+
+def test_model_wise_smoke_sweep(tmp_path):
+    config = critical_data_size.get_config("model_smoke")
+    grid = critical_data_size.overrides(config)
+    assert [(g["model.d_model"], g["model.d_mlp"]) for g in grid] == [(16, 64), (32, 128)]
+    summary = critical_data_size.run(config, str(tmp_path))
+    assert [m["d_model"] for m in summary["critical_size_by_model"]] == [16, 32]
+    assert (tmp_path / "accuracy_heatmap.png").stat().st_size > 0
+    per_model = sweep.read_table(tmp_path / "per_model.csv")
+    assert [r["d_model"] for r in per_model] == [16, 32]
+
+
+def test_bad_mode_and_empty_axis_name_the_flag():
+    config = critical_data_size.get_config("smoke")
+    config.mode = "layer"
+    with pytest.raises(validation.ConfigError, match="--config.mode='layer'"):
+        critical_data_size.overrides(config)
+    config = critical_data_size.get_config("smoke")
+    config.seeds = ()
+    with pytest.raises(validation.ConfigError, match="--config.seeds"):
+        critical_data_size.overrides(config)
