@@ -13,9 +13,9 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 
+from benchmarks.common import compiled_flops, time_matmul
 from experiments import grokking
 from phasemix import sharding, train
 
@@ -23,29 +23,6 @@ _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "512"], "Batch sizes to t
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Alternating timing rounds (median is reported).")
 _STEPS = flags.DEFINE_integer("steps", 50, "Train steps per timing round.")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 1024, "Size of the square float32 matmul peak.")
-
-
-def compiled_flops(jitted, *args) -> float:
-    analysis = jitted.lower(*args).compile().cost_analysis()
-    if isinstance(analysis, list):  # older jax returns one dict per device program
-        analysis = analysis[0]
-    return float(analysis["flops"])
-
-
-def time_matmul(n: int, iterations: int = 20) -> float:
-    """FLOP/s of a jitted n x n float32 matmul chain (the machine's practical peak)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-
-    @jax.jit
-    def chain(x):
-        for _ in range(iterations):
-            x = (x @ a) * (1.0 / n)  # rescale keeps values finite; fused into the matmul
-        return x
-
-    chain(a).block_until_ready()
-    start = time.perf_counter()
-    chain(a).block_until_ready()
-    return 2 * n**3 * iterations / (time.perf_counter() - start)
 
 
 def grokking_step(batch_size: int):

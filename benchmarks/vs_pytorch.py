@@ -1,0 +1,213 @@
+"""The phasemix train step against a PyTorch eager implementation of the very same model.
+
+Same architecture (pre-LN transformer, fused QKV, tanh-GELU, learned positions, final LN,
+untied head), same parameter count (checked), same data and the same AdamW step. Each round
+times N JAX steps then N PyTorch steps in this one process; the ratio reported is the median
+over rounds, so a change in machine speed hits both sides alike. Needs the `bench` extra:
+  pip install -e '.[bench]'
+  python -m benchmarks.vs_pytorch
+  python -m benchmarks.vs_pytorch --models=small_lm --batch_sizes=64,512 --rounds=7
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from benchmarks.common import compiled_flops, time_matmul
+from phasemix import losses, model as model_lib, optimizer as optimizer_lib, params as params_lib
+from phasemix import train
+
+_MODELS = flags.DEFINE_list("models", ["grokking", "small_lm", "sentiment"], "Models to time.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "512"], "Batch sizes.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating rounds; the median is reported.")
+_SECONDS = flags.DEFINE_float("seconds", 2.0, "Approximate seconds per side per round.")
+_THREADS = flags.DEFINE_integer("threads", 0, "PyTorch intra-op threads (0: all cores).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bench:
+    """A model and its loss: `answer` (last token only), `lm` (every token) or `classify`."""
+
+    cfg: model_lib.TransformerConfig
+    loss: str
+    seq_len: int
+
+
+BENCHES = {
+    # The grokking demo: 1 layer, d=128, a + b mod 97 as [a, b, =].
+    "grokking": Bench(model_lib.TransformerConfig(vocab_size=98, max_len=3), "answer", 3),
+    # The shared/STACK.md baseline: 2 layers, d=128, seq 32, vocabulary 100.
+    "small_lm": Bench(model_lib.TransformerConfig(vocab_size=100, max_len=32, num_layers=2),
+                      "lm", 32),
+    # A 1-layer sentiment encoder (Zhu et al.'s IMDB model at seq 256, 8k-word vocabulary).
+    "sentiment": Bench(model_lib.TransformerConfig(vocab_size=8192, max_len=256, causal=False,
+                                                   num_classes=2, pooling="mean"),
+                       "classify", 256),
+}
+
+
+def make_batch(bench: Bench, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, bench.cfg.vocab_size, (batch_size, bench.seq_len)).astype(np.int32)
+    if bench.loss == "classify":
+        return {"inputs": tokens, "labels": rng.integers(0, 2, batch_size).astype(np.int32)}
+    targets = rng.integers(0, bench.cfg.vocab_size, tokens.shape).astype(np.int32)
+    mask = np.ones(tokens.shape, np.float32)
+    if bench.loss == "answer":
+        mask[:, :-1] = 0.0
+    return {"inputs": tokens, "targets": targets, "loss_mask": mask}
+
+
+def jax_step(bench: Bench, batch: dict[str, np.ndarray]):
+    opt_config = optimizer_lib.default_config()
+    optimizer = optimizer_lib.make_optimizer(opt_config, 10_000)
+    model = model_lib.Transformer(bench.cfg)
+    loss_fn = losses.classification_loss if bench.loss == "classify" else losses.masked_token_loss
+    state = train.init_state(jax.random.key(0), tokens_BxL=jnp.asarray(batch["inputs"][:1]),
+                             model=model, optimizer=optimizer, init_scale=1.0)
+    step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
+                                     loss_fn=loss_fn), donate_argnums=0)
+    device_batch = jax.device_put(batch)
+    return step, state, device_batch, params_lib.count_params(state.params)
+
+
+def torch_step(bench: Bench, batch: dict[str, np.ndarray]):
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    cfg = bench.cfg
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_attn, self.ln_mlp = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+            self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+            self.out = nn.Linear(cfg.d_model, cfg.d_model)
+            self.mlp_in = nn.Linear(cfg.d_model, cfg.d_mlp)
+            self.mlp_out = nn.Linear(cfg.d_mlp, cfg.d_model)
+
+        def forward(self, x):
+            b, l, d = x.shape
+            q, k, v = self.qkv(self.ln_attn(x)).view(b, l, 3, cfg.num_heads, -1).unbind(2)
+            attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                  v.transpose(1, 2), is_causal=cfg.causal)
+            x = x + self.out(attn.transpose(1, 2).reshape(b, l, d))
+            return x + self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)), approximate="tanh"))
+
+    class Transformer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+            self.pos_embed = nn.Embedding(cfg.max_len, cfg.d_model)
+            self.blocks = nn.ModuleList(Block() for _ in range(cfg.num_layers))
+            self.ln_final = nn.LayerNorm(cfg.d_model)
+            self.head = nn.Linear(cfg.d_model, cfg.num_classes or cfg.vocab_size)
+
+        def forward(self, tokens):
+            x = self.embed(tokens) + self.pos_embed(torch.arange(tokens.shape[1]))[None]
+            for block in self.blocks:
+                x = block(x)
+            x = self.ln_final(x)
+            return self.head(x.mean(1) if cfg.num_classes else x)
+
+    torch.manual_seed(0)
+    model = Transformer()
+    opt_config = optimizer_lib.default_config()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt_config.lr,
+                                  betas=(opt_config.b1, opt_config.b2),
+                                  weight_decay=opt_config.weight_decay)
+    tokens = torch.from_numpy(batch["inputs"]).long()
+    if bench.loss == "classify":
+        labels = torch.from_numpy(batch["labels"]).long()
+    else:
+        targets = torch.from_numpy(batch["targets"]).long()
+
+    def step():
+        logits = model(tokens)
+        if bench.loss == "classify":
+            loss = F.cross_entropy(logits, labels)
+        elif bench.loss == "answer":
+            loss = F.cross_entropy(logits[:, -1], targets[:, -1])
+        else:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step, sum(p.numel() for p in model.parameters())
+
+
+def steps_per_second(run_steps, seconds: float) -> tuple[float, int]:
+    """Times `run_steps(n)` with n chosen to take about `seconds`."""
+    n, elapsed = 1, 0.0
+    while elapsed < seconds / 4:
+        start = time.perf_counter()
+        run_steps(n)
+        elapsed = time.perf_counter() - start
+        if elapsed < seconds / 4:
+            n *= 2
+    n = max(1, int(n * seconds / max(elapsed, 1e-9)))
+    start = time.perf_counter()
+    run_steps(n)
+    return n / (time.perf_counter() - start), n
+
+
+def main(argv):
+    del argv
+    import torch
+
+    if _THREADS.value:
+        torch.set_num_threads(_THREADS.value)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
+          f"with {torch.get_num_threads()} threads")
+    print(f"{'model':<10} {'batch':>5} {'params':>9} {'jax steps/s':>12} {'torch steps/s':>14} "
+          f"{'jax/torch':>10} {'jax FLOP/s / matmul':>20}")
+    for name in _MODELS.value:
+        bench = BENCHES[name]
+        for batch_size in map(int, _BATCH_SIZES.value):
+            batch = make_batch(bench, batch_size)
+            step, state, device_batch, jax_params = jax_step(bench, batch)
+            t_step, torch_params = torch_step(bench, batch)
+            assert jax_params == torch_params, (name, jax_params, torch_params)
+            flops = compiled_flops(step, state, device_batch)
+            holder = {"state": state}
+
+            def run_jax(n):
+                s = holder["state"]
+                for _ in range(n):
+                    s, metrics = step(s, device_batch)
+                jax.block_until_ready(metrics)
+                holder["state"] = s
+
+            def run_torch(n):
+                for _ in range(n):
+                    t_step()
+
+            run_jax(2)
+            run_torch(2)
+            ratios, jax_rates, torch_rates, peaks = [], [], [], []
+            for _ in range(_ROUNDS.value):
+                jax_rate, _ = steps_per_second(run_jax, _SECONDS.value)
+                torch_rate, _ = steps_per_second(run_torch, _SECONDS.value)
+                peaks.append(time_matmul(1024))
+                jax_rates.append(jax_rate)
+                torch_rates.append(torch_rate)
+                ratios.append(jax_rate / torch_rate)
+            jax_rate, torch_rate = statistics.median(jax_rates), statistics.median(torch_rates)
+            print(f"{name:<10} {batch_size:>5} {jax_params:>9,} {jax_rate:>12.1f} "
+                  f"{torch_rate:>14.1f} {statistics.median(ratios):>9.2f}x "
+                  f"{jax_rate * flops / statistics.median(peaks):>19.0%}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
