@@ -29,3 +29,31 @@ def time_matmul(n: int, iterations: int = 20) -> float:
     start = time.perf_counter()
     chain(a).block_until_ready()
     return 2 * n**3 * iterations / (time.perf_counter() - start)
+
+
+def matmul_flops(fn, *args) -> float:
+    """FLOPs of the matrix products (dot_general) in `fn`'s jaxpr, 2 per multiply-add.
+
+    Counts what PyTorch's FlopCounterMode counts (loop bodies once), so two frameworks' steps can be checked for
+    doing the same work; XLA's cost analysis also counts elementwise ops.
+    """
+    import numpy as np
+    from jax.extend import core as jax_core
+
+    def walk(jaxpr) -> float:
+        total = 0.0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+                lhs_shape = eqn.invars[0].aval.shape
+                contracted = np.prod([lhs_shape[d] for d in lhs_contract])
+                total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * contracted
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (list, tuple)) else [param]:
+                    if isinstance(sub, jax_core.ClosedJaxpr):
+                        total += walk(sub.jaxpr)
+                    elif isinstance(sub, jax_core.Jaxpr):
+                        total += walk(sub)
+        return total
+
+    return walk(jax.make_jaxpr(fn)(*args).jaxpr)

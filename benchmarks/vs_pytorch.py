@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import compiled_flops, time_matmul
+from benchmarks.common import compiled_flops, matmul_flops, time_matmul
 from phasemix import losses, model as model_lib, optimizer as optimizer_lib, params as params_lib
 from phasemix import train
 
@@ -43,7 +43,8 @@ class Bench:
 
 BENCHES = {
     # The grokking demo: 1 layer, d=128, a + b mod 97 as [a, b, =].
-    "grokking": Bench(model_lib.TransformerConfig(vocab_size=98, max_len=3), "answer", 3),
+    "grokking": Bench(model_lib.TransformerConfig(vocab_size=98, max_len=3,
+                                                  last_position_only=True), "answer", 3),
     # The shared/STACK.md baseline: 2 layers, d=128, seq 32, vocabulary 100.
     "small_lm": Bench(model_lib.TransformerConfig(vocab_size=100, max_len=32, num_layers=2),
                       "lm", 32),
@@ -95,12 +96,15 @@ def torch_step(bench: Bench, batch: dict[str, np.ndarray]):
             self.mlp_in = nn.Linear(cfg.d_model, cfg.d_mlp)
             self.mlp_out = nn.Linear(cfg.d_mlp, cfg.d_model)
 
-        def forward(self, x):
+        def forward(self, x, last_only=False):
             b, l, d = x.shape
             q, k, v = self.qkv(self.ln_attn(x)).view(b, l, 3, cfg.num_heads, -1).unbind(2)
+            if last_only:  # the last query sees every key: no mask needed
+                q, x = q[:, -1:], x[:, -1:]
             attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                                  v.transpose(1, 2), is_causal=cfg.causal)
-            x = x + self.out(attn.transpose(1, 2).reshape(b, l, d))
+                                                  v.transpose(1, 2),
+                                                  is_causal=cfg.causal and not last_only)
+            x = x + self.out(attn.transpose(1, 2).reshape(b, q.shape[1], d))
             return x + self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)), approximate="tanh"))
 
     class Transformer(nn.Module):
@@ -114,8 +118,8 @@ def torch_step(bench: Bench, batch: dict[str, np.ndarray]):
 
         def forward(self, tokens):
             x = self.embed(tokens) + self.pos_embed(torch.arange(tokens.shape[1]))[None]
-            for block in self.blocks:
-                x = block(x)
+            for i, block in enumerate(self.blocks):
+                x = block(x, cfg.last_position_only and i == len(self.blocks) - 1)
             x = self.ln_final(x)
             return self.head(x.mean(1) if cfg.num_classes else x)
 
@@ -136,7 +140,7 @@ def torch_step(bench: Bench, batch: dict[str, np.ndarray]):
         if bench.loss == "classify":
             loss = F.cross_entropy(logits, labels)
         elif bench.loss == "answer":
-            loss = F.cross_entropy(logits[:, -1], targets[:, -1])
+            loss = F.cross_entropy(logits[:, -1], targets[:, -1])  # (B, 1, V) or (B, L, V)
         else:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
@@ -145,6 +149,19 @@ def torch_step(bench: Bench, batch: dict[str, np.ndarray]):
         return loss
 
     return step, sum(p.numel() for p in model.parameters())
+
+
+def attention_flops(bench: Bench, batch_size: int) -> float:
+    """Matmul FLOPs of attention in a train step, which FlopCounterMode skips on CPU.
+
+    Per layer QK^T and PV, 2*B*Q*L*D each, and the backward pass twice the forward.
+    """
+    cfg, seq_len = bench.cfg, bench.seq_len
+    total = 0.0
+    for i in range(cfg.num_layers):
+        queries = 1 if cfg.last_position_only and i == cfg.num_layers - 1 else seq_len
+        total += 3 * 2 * (2 * batch_size * queries * seq_len * cfg.d_model)
+    return total
 
 
 def steps_per_second(run_steps, seconds: float) -> tuple[float, int]:
@@ -165,6 +182,7 @@ def steps_per_second(run_steps, seconds: float) -> tuple[float, int]:
 def main(argv):
     del argv
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     if _THREADS.value:
         torch.set_num_threads(_THREADS.value)
@@ -179,6 +197,12 @@ def main(argv):
             step, state, device_batch, jax_params = jax_step(bench, batch)
             t_step, torch_params = torch_step(bench, batch)
             assert jax_params == torch_params, (name, jax_params, torch_params)
+            with FlopCounterMode(display=False) as counter:
+                t_step()
+            jax_matmul = matmul_flops(step, state, device_batch)
+            torch_matmul = counter.get_total_flops() + attention_flops(bench, batch_size)
+            # The same model, data and optimizer must mean the same matrix products.
+            assert abs(jax_matmul / torch_matmul - 1) < 1e-3, (name, jax_matmul, torch_matmul)
             flops = compiled_flops(step, state, device_batch)
             holder = {"state": state}
 

@@ -86,8 +86,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
 
 def model_config(config: ml_collections.ConfigDict) -> model_lib.TransformerConfig:
+    # The loss reads the answer token only, so the head runs at the last position alone: the
+    # same numbers as the full decoder (tested) for half the FLOPs of the 1-layer model.
     return model_lib.TransformerConfig.from_config(
-        config.model, vocab_size=config.task.p + 1, max_len=modular.SEQ_LEN, causal=True)
+        config.model, vocab_size=config.task.p + 1, max_len=modular.SEQ_LEN, causal=True,
+        last_position_only=True)
 
 
 def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.Task:

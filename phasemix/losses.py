@@ -17,10 +17,13 @@ def masked_token_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array]) -> t
     """Cross-entropy and accuracy on the tokens where `batch['loss_mask']` is 1.
 
     For modular arithmetic the mask selects the answer token only, so no other position's
-    target can change the loss. Returns (mean loss, summed metrics).
+    target can change the loss. Logits may cover only the last positions (a decoder with
+    `last_position_only`); targets and mask are then read at those positions. Returns
+    (mean loss, summed metrics).
     """
-    targets_BxL = batch["targets"]
-    mask_BxL = batch["loss_mask"].astype(jnp.float32)
+    num_positions = logits_BxLxV.shape[1]
+    targets_BxL = batch["targets"][:, -num_positions:]
+    mask_BxL = batch["loss_mask"][:, -num_positions:].astype(jnp.float32)
     if "weight" in batch:  # rows of padding in an evaluation batch
         mask_BxL = mask_BxL * batch["weight"][:, None]
     nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)

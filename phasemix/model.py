@@ -41,6 +41,10 @@ class TransformerConfig:
     num_classes: int | None = None  # None: a token head over the vocabulary (decoder).
     pooling: str = "cls"  # classifier only: first token ("cls") or masked mean.
     dtype: str = "float32"  # compute dtype; parameters stay float32.
+    # Decoder only: logits at the last position alone, (B, 1, V). The last block then runs its
+    # attention queries, MLP and the head on that one position, which is all an answer-token
+    # loss reads; the outputs and gradients are those of the full model at that position.
+    last_position_only: bool = False
 
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict, **fixed) -> "TransformerConfig":
@@ -60,6 +64,9 @@ class TransformerConfig:
         validation.require_choice(self.pos_embedding, POS_EMBEDDINGS, "model.pos_embedding")
         validation.require_choice(self.pooling, POOLINGS, "model.pooling")
         validation.require_choice(self.dtype, ("float32", "bfloat16"), "model.dtype")
+        validation.require(not (self.last_position_only and self.num_classes is not None),
+                           "model.last_position_only", "applies to decoders only (num_classes "
+                           f"is {self.num_classes})", self.last_position_only)
         if self.num_classes is not None:
             validation.require(self.num_classes >= 2, "model.num_classes", "must be >= 2",
                                self.num_classes)
@@ -82,38 +89,45 @@ class Attention(nn.Module):
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, mask_BxLxL: jax.Array) -> jax.Array:
+    def __call__(self, x_BxLxD: jax.Array, mask_BxQxL: jax.Array) -> jax.Array:
+        """Queries are the last Q positions (Q = mask_BxQxL.shape[1]); keys are all L."""
         cfg = self.cfg
         head_dim = cfg.d_model // cfg.num_heads
         dtype = jnp.dtype(cfg.dtype)
+        num_queries = mask_BxQxL.shape[1]
         qkv_BxLx3xHxK = nn.DenseGeneral((3, cfg.num_heads, head_dim), dtype=dtype,
                                         name="qkv")(x_BxLxD)
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
-        logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK) / jnp.sqrt(
+        q_BxQxHxK = qkv_BxLx3xHxK[:, x_BxLxD.shape[1] - num_queries:, 0]
+        k_BxLxHxK, v_BxLxHxK = qkv_BxLx3xHxK[:, :, 1], qkv_BxLx3xHxK[:, :, 2]
+        logits_BxHxQxL = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxLxHxK) / jnp.sqrt(
             head_dim).astype(dtype)
         # Softmax in float32 for stability whatever the compute dtype.
-        logits_BxHxLxL = jnp.where(mask_BxLxL[:, None], logits_BxHxLxL.astype(jnp.float32),
+        logits_BxHxQxL = jnp.where(mask_BxQxL[:, None], logits_BxHxQxL.astype(jnp.float32),
                                    jnp.finfo(jnp.float32).min)
-        probs_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1).astype(dtype)
-        out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL, v_BxLxHxK)
-        return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=dtype, name="out")(out_BxLxHxK)
+        probs_BxHxQxL = jax.nn.softmax(logits_BxHxQxL, axis=-1).astype(dtype)
+        out_BxQxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxQxL, v_BxLxHxK)
+        return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=dtype, name="out")(out_BxQxHxK)
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+    """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + mlp(LN(x)).
+
+    The output covers the last Q positions, Q = mask_BxQxL.shape[1] (all L unless trimmed).
+    """
 
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, mask_BxLxL: jax.Array) -> jax.Array:
+    def __call__(self, x_BxLxD: jax.Array, mask_BxQxL: jax.Array) -> jax.Array:
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         h_BxLxD = nn.LayerNorm(dtype=dtype, name="ln_attn")(x_BxLxD)
-        x_BxLxD = x_BxLxD + Attention(cfg, name="attn")(h_BxLxD, mask_BxLxL)
-        h_BxLxD = nn.LayerNorm(dtype=dtype, name="ln_mlp")(x_BxLxD)
-        h_BxLxF = ACTIVATIONS[cfg.activation](nn.Dense(cfg.d_mlp, dtype=dtype,
-                                                       name="mlp_in")(h_BxLxD))
-        return x_BxLxD + nn.Dense(cfg.d_model, dtype=dtype, name="mlp_out")(h_BxLxF)
+        x_BxQxD = x_BxLxD[:, x_BxLxD.shape[1] - mask_BxQxL.shape[1]:]
+        x_BxQxD = x_BxQxD + Attention(cfg, name="attn")(h_BxLxD, mask_BxQxL)
+        h_BxQxD = nn.LayerNorm(dtype=dtype, name="ln_mlp")(x_BxQxD)
+        h_BxQxF = ACTIVATIONS[cfg.activation](nn.Dense(cfg.d_mlp, dtype=dtype,
+                                                       name="mlp_in")(h_BxQxD))
+        return x_BxQxD + nn.Dense(cfg.d_model, dtype=dtype, name="mlp_out")(h_BxQxF)
 
 
 class Transformer(nn.Module):
@@ -141,10 +155,12 @@ class Transformer(nn.Module):
         if cfg.causal:
             mask_BxLxL = mask_BxLxL & jnp.tril(jnp.ones((seq_len, seq_len), dtype=bool))[None]
         for i in range(cfg.num_layers):
-            x_BxLxD = Block(cfg, name=f"block_{i}")(x_BxLxD, mask_BxLxL)
+            trim = cfg.last_position_only and i == cfg.num_layers - 1
+            block_mask = mask_BxLxL[:, -1:] if trim else mask_BxLxL
+            x_BxLxD = Block(cfg, name=f"block_{i}")(x_BxLxD, block_mask)
         x_BxLxD = nn.LayerNorm(dtype=dtype, name="ln_final")(x_BxLxD)
 
-        if cfg.num_classes is None:
+        if cfg.num_classes is None:  # (B, L, V), or (B, 1, V) with last_position_only
             logits_BxLxV = nn.Dense(cfg.vocab_size, dtype=dtype, name="head")(x_BxLxD)
             return logits_BxLxV.astype(jnp.float32)
         if cfg.pooling == "cls":

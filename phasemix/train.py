@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from phasemix import (batching, checkpointing, losses, model as model_lib, optimizer as
+from phasemix import (batching, checkpointing, compilation, losses, model as model_lib, optimizer as
                       optimizer_lib, params as params_lib, plotting, progress, run_io, sharding,
                       validation)
 
@@ -217,10 +217,13 @@ class _Run:
         logging.info("Resumed from step %d in %s", self.start_step, self.checkpointer.directory)
         return state
 
-    def summarize(self) -> dict[str, Any]:
+    def summarize(self, compiled: dict[str, int]) -> dict[str, Any]:
         rows = run_io.read_metrics(self.workdir)
         summary = {**self.task.summarize(rows), "final_step": rows[-1]["step"],
-                   "wall_seconds": rows[-1]["elapsed_seconds"]}
+                   "wall_seconds": rows[-1]["elapsed_seconds"],
+                   # Compilations in the process that finished the run, after its first
+                   # train step and evaluation: 0 unless something retraces in the loop.
+                   "recompilations": sum(compiled.values())}
         for key, value in rows[-1].items():
             if key.endswith(("_accuracy", "_loss")) and not key.startswith("batch"):
                 summary[f"final_{key}"] = value
@@ -259,6 +262,8 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                 tasks: list[Task], vectorized: bool) -> list[dict[str, Any]]:
     config, task = configs[0], tasks[0]  # the shared settings
     num_runs = len(configs)
+    compilation.start_counting()
+    warm: dict[str, Any] = {}  # the compilation counts once every program has run
     mesh = sharding.make_mesh()
     for c, t in zip(configs, tasks):
         validate_loop_config(c, sharding.num_data_shards(mesh))
@@ -311,6 +316,7 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                 if not all(np.isfinite(v) for v in row.values()):
                     raise FloatingPointError(f"non-finite metrics at step {step}: {row}")
                 run.writer.write(row)
+            warm.setdefault("logged", True)
             shown = " ".join(f"{k}={rows[0][k]:.3f}" for k in rows[0]
                              if k.endswith("accuracy") and not k.startswith("batch"))
             logging.info("%s", bar.line(step, shown))
@@ -331,6 +337,8 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                 done = step + 1
                 if done % config.eval_every == 0 or done == config.num_steps:
                     log_rows(done, metrics)
+                if "logged" in warm and "compiled" not in warm:
+                    warm["compiled"] = compilation.snapshot()
                 if done % config.checkpoint_every == 0 or done == config.num_steps:
                     save(done)
                 if sigterm.raised and done < config.num_steps:
@@ -345,7 +353,11 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
     finally:
         for run in runs:
             run.close()
-    return [run.summarize() for run in runs]
+    compiled = compilation.snapshot() - warm.get("compiled", compilation.snapshot())
+    if compiled:
+        logging.warning("compiled in the training loop after the first step (slow): %s",
+                        dict(compiled))
+    return [run.summarize(compiled) for run in runs]
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Any:

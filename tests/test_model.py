@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasemix import model as model_lib, optimizer, params as params_lib, train, validation
+from phasemix import losses, model as model_lib, optimizer, params as params_lib, train, validation
 
 B, L, V = 3, 7, 11
 
@@ -39,6 +39,23 @@ def test_decoder_is_causal_through_gradients():
             future = s > t
             assert (jnp.abs(grad["pos_embed"]["embedding"][s]).max() == 0) == future, (t, s)
             assert (jnp.abs(grad["embed"]["embedding"][tokens[0, s]]).max() == 0) == future
+
+
+def test_last_position_only_matches_the_full_model_there():
+    """Same parameters, same last-position logits and the same answer-loss gradients."""
+    full, params, tokens = make()
+    trimmed, _, _ = make(last_position_only=True)
+    logits_full = full.apply({"params": params}, tokens)
+    logits_last = trimmed.apply({"params": params}, tokens)
+    chex.assert_shape(logits_last, (B, 1, V))
+    np.testing.assert_allclose(logits_last[:, 0], logits_full[:, -1], rtol=1e-5, atol=1e-6)
+    batch = {"targets": tokens, "loss_mask": jnp.zeros((B, L)).at[:, -1].set(1.0)}
+    grads = [jax.grad(lambda p, m=m: losses.masked_token_loss(m.apply({"params": p}, tokens),
+                                                              batch)[0])(params)
+             for m in (full, trimmed)]
+    chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+    with pytest.raises(validation.ConfigError, match="--config.model.last_position_only"):
+        make(causal=False, num_classes=2, last_position_only=True)
 
 
 def test_encoder_sees_future_and_ignores_padding():

@@ -84,6 +84,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
     assert sorted((r["task.train_count"], r["seed"]) for r in table) == [
         (100, 0), (100, 1), (300, 0), (300, 1)]
     assert all(r["final_step"] == config.base.num_steps for r in table)
+    assert all(r["recompilations"] == 0 for r in table)
     for name in ("steps_vs_size.png", "accuracy_by_size.png", "weight_norm_by_size.png",
                  "per_size.csv", "summary.json", "config.json"):
         assert (tmp_path / name).stat().st_size > 0, name

@@ -98,6 +98,7 @@ def test_killed_run_resumes_to_identical_numbers(smoke_config, tmp_path):
         run_io.read_metrics(tmp_path / "full"))
     assert {k: v for k, v in resumed.items() if k != "wall_seconds"} == {
         k: v for k, v in full.items() if k != "wall_seconds"}
+    assert resumed["recompilations"] == full["recompilations"] == 0
 
 
 def test_run_writes_the_output_contract_and_loss_falls(smoke_config, tmp_path):
@@ -203,6 +204,7 @@ def test_vmapped_seeds_match_separate_runs(smoke_config, tmp_path):
             for key in a:
                 assert v[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (seed, key)
         assert vmapped["step_memorized"] == alone["step_memorized"]
+        assert vmapped["recompilations"] == 0  # checkpoints of a vmapped state included
     assert together[0]["final_train_loss"] != together[1]["final_train_loss"]
 
 
