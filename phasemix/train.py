@@ -322,7 +322,10 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
             logging.info("%s", bar.line(step, shown))
 
         def save(step: int) -> None:
-            states = _unstack(state, num_runs) if vectorized else [state]
+            states = [state]
+            if vectorized:  # split on the host: slicing device arrays would compile per leaf
+                states = [jax.device_put(s, sharding.replicated(mesh))
+                          for s in _unstack(jax.device_get(state), num_runs)]
             for run, run_state in zip(runs, states):
                 run.checkpointer.save(step, run_state, run.data_iter)
 
