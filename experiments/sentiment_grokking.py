@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from phasemix import batching, cli, losses, model as model_lib, optimizer, reviews, tokenizer
-from phasemix import train, transitions, validation
+from phasemix import plotting, run_io, train, transitions, validation
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "tokenizers")
 
@@ -163,7 +163,13 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.
         summarize=functools.partial(
             summarize, memorized_at=task.memorized_at, generalized_at=task.generalized_at,
             dataset=train_split.name, train_size=num_train, test_size=len(test_split),
-            vocab_size=tok.vocab_size))
+            vocab_size=tok.vocab_size),
+        snapshot=classifier_weights)
+
+
+def classifier_weights(params) -> dict[str, np.ndarray]:
+    """The classifier layer's kernel (d_model x 2), whose distribution Fig. 5 follows."""
+    return {"head_kernel": np.asarray(params["head"]["kernel"])}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -175,6 +181,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    f"alpha={config.model.init_scale:g}",
                    {"memorised": summary["step_memorized"],
                     "generalised": summary["step_generalized"]})
+    snapshots = {step: arrays["head_kernel"]
+                 for step, arrays in run_io.read_snapshots(workdir).items()}
+    plotting.weight_distribution(
+        snapshots, {"initial": 0, "memorised": summary["step_memorized"],
+                    "generalised": summary["step_generalized"],
+                    "final": summary["final_step"]},
+        os.path.join(workdir, "classifier_weights.png"),
+        f"classifier weights, {config.task.dataset}, alpha={config.model.init_scale:g}")
     return summary
 
 

@@ -140,3 +140,40 @@ def projection_by_subset(all_values: Sequence[float], subsets: dict[Any, Sequenc
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def weight_distribution(snapshots: dict[int, Any], stages: dict[str, int | None],
+                        path: str | os.PathLike, title: str) -> None:
+    """Histograms of one weight array at named stages (Zhu et al. Fig. 5), and its L2 norm.
+
+    `snapshots` maps step -> the array at that step; each stage is drawn at the first
+    snapshot at or after its step (stages that never happened are skipped).
+    """
+    import numpy as np
+
+    steps = sorted(snapshots)
+    fig, (ax_hist, ax_norm) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, stage_step in stages.items():
+        at = next((s for s in steps if stage_step is not None and s >= stage_step), None)
+        if at is None:
+            continue
+        values = np.ravel(snapshots[at])
+        ax_hist.hist(values, bins=40, density=True, histtype="step", linewidth=1.5,
+                     label=f"{name} (step {at}), L2 {np.linalg.norm(values):.1f}")
+    ax_hist.set_xlabel("weight value")
+    ax_hist.set_ylabel("density")
+    ax_hist.legend(fontsize=8)
+    ax_hist.set_title(title)
+    ax_norm.plot(steps, [float(np.linalg.norm(snapshots[s])) for s in steps], color="black")
+    for name, stage_step in stages.items():
+        if stage_step:
+            ax_norm.axvline(stage_step, linestyle="--", color="grey", linewidth=0.8)
+            ax_norm.annotate(name, (stage_step, 0), rotation=90, fontsize=8, color="grey",
+                             xycoords=("data", "axes fraction"))
+    ax_norm.set_xlabel("step")
+    ax_norm.set_ylabel("L2 norm")
+    for ax in (ax_hist, ax_norm):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

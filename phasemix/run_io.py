@@ -13,6 +13,7 @@ import tempfile
 from typing import Any, Iterable
 
 import ml_collections
+import numpy as np
 
 from phasemix import validation
 
@@ -33,6 +34,30 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         tmp.flush()
         os.fsync(tmp.fileno())
     os.replace(tmp.name, path)
+
+
+SNAPSHOT_DIR = "snapshots"
+
+
+def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
+    """Saves arrays to `path` (.npz) through a temporary file, so a kill leaves no torn file."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.",
+                                     delete=False) as tmp:
+        np.savez(tmp, **arrays)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)
+
+
+def read_snapshots(workdir: str | os.PathLike) -> dict[int, dict[str, np.ndarray]]:
+    """step -> arrays, from the `snapshots/<step>.npz` files a run wrote at its evaluations."""
+    out = {}
+    for file in pathlib.Path(workdir, SNAPSHOT_DIR).glob("*.npz"):
+        with np.load(file) as data:
+            out[int(file.stem)] = {k: data[k] for k in data.files}
+    return dict(sorted(out.items()))
 
 
 def _to_builtin(value: Any) -> Any:

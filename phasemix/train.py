@@ -48,6 +48,9 @@ class Task:
     train_batches: grain.MapDataset  # element i is the global batch of step i
     eval_sets: dict[str, batching.Arrays]  # name -> arrays; metrics logged as <name>_loss etc.
     summarize: Callable[[list[dict[str, Any]]], dict[str, Any]]  # metric rows -> summary
+    # Optional: host params -> small arrays saved at every evaluation as snapshots/<step>.npz
+    # (e.g. a classifier's weights, whose distribution a figure follows through training).
+    snapshot: Callable[[Any], dict[str, np.ndarray]] | None = None
 
 
 class Preempted(SystemExit):
@@ -311,6 +314,10 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
             if train_metrics is not None:
                 for row, metrics in zip(rows, per_run(train_metrics)):
                     row.update({k: float(v) for k, v in metrics.items()})
+            if task.snapshot is not None:
+                for run, params in zip(runs, per_run(state.params)):
+                    run_io.write_npz_atomic(run.workdir / run_io.SNAPSHOT_DIR / f"{step}.npz",
+                                            task.snapshot(params))
             for run, row in zip(runs, rows):
                 row["elapsed_seconds"] = run.elapsed_before + time.monotonic() - t0
                 if not all(np.isfinite(v) for v in row.values()):

