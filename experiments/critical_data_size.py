@@ -8,7 +8,13 @@ Model-wise: widths x depths x train-set sizes:
   python -m experiments.critical_data_size --config=experiments/critical_data_size.py:model \
       --workdir=runs/cds_model
 
-Smoke (seconds): --config=experiments/critical_data_size.py:smoke (or :model_smoke)
+Sentiment (the same analysis over fractions of the IMDB train split, with the sentiment
+experiment's runs; hours on a CPU at the default size):
+  python -m experiments.critical_data_size --config=experiments/critical_data_size.py:sentiment \
+      --workdir=runs/cds_imdb          (:sentiment_model for hidden size x fraction)
+
+Smoke (seconds): --config=experiments/critical_data_size.py:smoke (or :model_smoke,
+:sentiment_smoke)
 Any grokking field is a flag under `base`, e.g. --config.base.task.p=97
 --config.base.num_steps=20000; the grid is --config.train_counts='(200,400,800)'
 --config.seeds='(0,1)'. Re-running a sweep runs only the runs that are missing.
@@ -16,22 +22,43 @@ Any grokking field is a flag under `base`, e.g. --config.base.task.p=97
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 
-from experiments import grokking
+from experiments import grokking, sentiment_grokking
 from phasemix import (cli, modular, plotting, representations, run_io, sweep, train,
                       transitions, validation)
 
 MODES = ("sample", "model")
 
 
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What a sweep varies and runs: the data-size field, its label and the run functions."""
+
+    size_field: str  # the config field of the data size
+    size_label: str  # for tables and figures
+    run: Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
+    validate: Callable[[ml_collections.ConfigDict], None]
+    run_vmapped: Callable[..., list[dict[str, Any]]] | None  # seed groups as one program
+
+
+STUDIES = {
+    "modular": Study("task.train_count", "train pairs", grokking.run, grokking.validate,
+                     grokking.run_vmapped),
+    "sentiment": Study("task.train_fraction", "fraction of the train reviews",
+                       sentiment_grokking.run, sentiment_grokking.validate, None),
+}
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """Default: sample-wise. `model`: model-wise. `smoke`: a tiny sample-wise sweep."""
     config = ml_collections.ConfigDict()
     config.experiment = "critical_data_size"
+    config.study = "modular"  # modular (train_counts) | sentiment (train_fractions)
     config.mode = "sample"  # sample: sizes x seeds | model: widths x depths x sizes x seeds
     base = grokking.get_config()
     # A smaller task than the demo so that a 24-run sweep fits in minutes: add mod 47
@@ -45,6 +72,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     base.checkpoint_every = 1000
     config.base = base
     config.train_counts = (300, 450, 600, 750, 900, 1100, 1400, 1800)  # of 2,209 pairs
+    config.train_fractions = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # sentiment: of the train split
     config.seeds = (0, 1, 2)
     config.widths = (16, 32, 64, 128)  # model mode: d_model (d_mlp = 4 x width, 4 heads)
     config.depths = (1,)  # model mode: num_layers
@@ -66,34 +94,56 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
             config.train_counts = (200,)
             config.seeds = (0,)
             config.widths = (16, 32)
+    elif variant in ("sentiment", "sentiment_model", "sentiment_smoke"):
+        config.study = "sentiment"
+        config.base = sentiment_grokking.get_config("smoke" if variant == "sentiment_smoke"
+                                                    else "")
+        config.workers = 1  # one run already keeps both cores busy at this size
+        if variant == "sentiment_model":
+            config.mode = "model"
+            config.train_fractions = (0.1, 0.3, 1.0)
+            config.widths = (16, 32, 64, 128)
+            config.seeds = (0,)
+        elif variant == "sentiment_smoke":
+            config.train_fractions = (0.5, 1.0)
+            config.seeds = (0,)
     elif variant:
-        validation.fail("config", f"unknown variant {variant!r}; use '', 'model', 'smoke' or "
-                        "'model_smoke'")
+        validation.fail("config", f"unknown variant {variant!r}; use '', 'model', 'smoke', "
+                        "'model_smoke', 'sentiment', 'sentiment_model' or 'sentiment_smoke'")
     return config
+
+
+def sizes(config: ml_collections.ConfigDict) -> tuple[Any, ...]:
+    return config.train_counts if config.study == "modular" else config.train_fractions
 
 
 def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     """The grid: one override dict per run."""
     validation.require_choice(config.mode, MODES, "mode")
-    for field in ("train_counts", "seeds") + (("widths", "depths") if config.mode == "model"
-                                              else ()):
+    validation.require_choice(config.study, STUDIES, "study")
+    study = STUDIES[config.study]
+    validation.require(not (config.vmap_seeds and study.run_vmapped is None), "vmap_seeds",
+                       f"is not available for the {config.study} study", config.vmap_seeds)
+    size_flag = "train_counts" if config.study == "modular" else "train_fractions"
+    for field in (size_flag, "seeds") + (("widths", "depths") if config.mode == "model"
+                                         else ()):
         validation.require(len(config[field]) > 0, field, "the sweep needs at least one value",
                            config[field])
+    size_axis = {study.size_field: sizes(config), "seed": config.seeds}
     if config.mode == "sample":
-        return sweep.grid({"task.train_count": config.train_counts, "seed": config.seeds})
+        return sweep.grid(size_axis)
     runs = []
     for depth in config.depths:
         for width in config.widths:
-            for override in sweep.grid({"task.train_count": config.train_counts,
-                                        "seed": config.seeds}):
+            for override in sweep.grid(size_axis):
                 runs.append({"model.num_layers": depth, "model.d_model": width,
                              "model.d_mlp": 4 * width, **override})
     return runs
 
 
-def analyse(rows: list[dict[str, Any]], budget: int) -> dict[str, Any]:
+def analyse(rows: list[dict[str, Any]], budget: int, size_field: str) -> dict[str, Any]:
     """Critical size, band and regimes of one group of runs (one model size)."""
-    stats = transitions.per_size(rows, "task.train_count")
+    stats = transitions.per_size(rows, size_field)
     cds = transitions.critical_data_size(stats)
     stats = transitions.label_sizes(stats, cds)
     return {**cds, **transitions.regime_summary(stats), "step_budget": budget,
@@ -102,36 +152,37 @@ def analyse(rows: list[dict[str, Any]], budget: int) -> dict[str, Any]:
 
 def _figures(config, workdir: pathlib.Path, rows, analysis) -> None:
     budget = config.base.num_steps
+    study = STUDIES[config.study]
     curves = {}
     for row in rows:  # one seed per size: the first in the grid
         if row["seed"] == config.seeds[0] and row["model.d_model"] == rows[0]["model.d_model"]:
-            curves[row["task.train_count"]] = run_io.read_metrics(
+            curves[row[study.size_field]] = run_io.read_metrics(
                 workdir / sweep.RUNS_DIR / row["run"])
-    title = (f"{config.base.task.op} mod {config.base.task.p}, d={rows[0]['model.d_model']}, "
-             f"seed {config.seeds[0]}")
-    plotting.curves_by_group(curves, "test_accuracy", workdir / "accuracy_by_size.png",
-                             f"Test accuracy per training-set size ({title})", "train pairs",
-                             "test accuracy")
-    plotting.curves_by_group(curves, "train_accuracy", workdir / "train_accuracy_by_size.png",
-                             f"Train accuracy per training-set size ({title})", "train pairs",
-                             "train accuracy")
-    plotting.curves_by_group(curves, "weight_norm", workdir / "weight_norm_by_size.png",
-                             f"Weight norm per training-set size ({title})", "train pairs",
-                             "weight L2 norm")
+    task = (f"{config.base.task.op} mod {config.base.task.p}" if config.study == "modular"
+            else config.base.task.dataset)
+    title = f"{task}, d={rows[0]['model.d_model']}, seed {config.seeds[0]}"
+    for key, name in (("test_accuracy", "accuracy_by_size"),
+                      ("train_accuracy", "train_accuracy_by_size"),
+                      ("weight_norm", "weight_norm_by_size")):
+        what = "weight L2 norm" if key == "weight_norm" else key.replace("_", " ")
+        plotting.curves_by_group(curves, key, workdir / f"{name}.png",
+                                 f"{what.capitalize()} per training-set size ({title})",
+                                 study.size_label, what)
     if config.mode == "sample":
-        _pca_figure(config, workdir, rows)
+        if config.study == "modular":
+            _pca_figure(config, workdir, rows)
         plotting.steps_vs_size(analysis["per_size"], analysis, budget,
                                workdir / "steps_vs_size.png",
                                f"Steps to memorise / generalise ({len(config.seeds)} seeds)")
     else:
         accuracy: dict[tuple[Any, Any], list[float]] = {}
         for row in rows:
-            key = (row["model.d_model"], row["task.train_count"])
+            key = (row["model.d_model"], row[study.size_field])
             accuracy.setdefault(key, []).append(row["final_test_accuracy"])
         means = {k: sum(v) / len(v) for k, v in accuracy.items()}
         plotting.heatmap(means, workdir / "accuracy_heatmap.png",
                          f"Final test accuracy (mean of {len(config.seeds)} seeds)",
-                         "training-set size", "model width (d_model)", "test accuracy")
+                         study.size_label, "model width (d_model)", "test accuracy")
 
 
 def _pca_figure(config, workdir: pathlib.Path, rows) -> None:
@@ -157,14 +208,15 @@ def _pca_figure(config, workdir: pathlib.Path, rows) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     grid = overrides(config)
+    study = STUDIES[config.study]
     workdir_path = pathlib.Path(workdir)
-    rows = sweep.run_sweep(config.base, grid, workdir_path, grokking.run,
-                           validate_fn=grokking.validate, workers=config.workers,
-                           group_fn=grokking.run_vmapped if config.vmap_seeds else None)
+    rows = sweep.run_sweep(config.base, grid, workdir_path, study.run,
+                           validate_fn=study.validate, workers=config.workers,
+                           group_fn=study.run_vmapped if config.vmap_seeds else None)
     run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     budget = config.base.num_steps
     if config.mode == "sample":
-        analysis = analyse(rows, budget)
+        analysis = analyse(rows, budget, study.size_field)
         summary = {k: v for k, v in analysis.items() if k != "per_size"}
         sweep.write_table(analysis["per_size"], workdir_path / "per_size.csv")
     else:
@@ -173,7 +225,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             by_model.setdefault((row["model.num_layers"], row["model.d_model"]), []).append(row)
         per_model = []
         for (depth, width), group in sorted(by_model.items()):
-            result = analyse(group, budget)
+            result = analyse(group, budget, study.size_field)
             per_model.append({"num_layers": depth, "d_model": width,
                               **{k: v for k, v in result.items() if k != "per_size"}})
         sweep.write_table(per_model, workdir_path / "per_model.csv")

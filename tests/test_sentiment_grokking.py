@@ -60,3 +60,22 @@ def test_bad_task_names_the_flag_before_anything_is_written(tmp_path, field, val
     with pytest.raises(validation.ConfigError, match=f"--config.task.{field}"):
         sentiment_grokking.run(smoke(tmp_path, **{field: value}), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_sentiment_sweep_over_fractions(tmp_path):
+    """The critical-data-size sweep runs the sentiment study: table, analysis, figures."""
+    from experiments import critical_data_size
+    from phasemix import sweep
+
+    config = critical_data_size.get_config("sentiment_smoke")
+    config.base.task.cache_dir = str(tmp_path / "tokenizers")
+    summary = critical_data_size.run(config, str(tmp_path / "sweep"))
+    table = sweep.read_table(tmp_path / "sweep" / "results.csv")
+    assert sorted(r["task.train_fraction"] for r in table) == [0.5, 1.0]
+    assert {r["train_size"] for r in table} == {200, 400}
+    assert summary["runs"] == 2 and "critical_size" in summary
+    for name in ("per_size.csv", "steps_vs_size.png", "accuracy_by_size.png"):
+        assert (tmp_path / "sweep" / name).stat().st_size > 0, name
+    config.vmap_seeds = True
+    with pytest.raises(validation.ConfigError, match="--config.vmap_seeds"):
+        critical_data_size.overrides(config)
