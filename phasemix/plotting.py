@@ -11,6 +11,12 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, path: str | os.PathLike) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def training_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "",
                     markers: dict[str, int | None] | None = None) -> None:
     """Train/test accuracy on a log-step axis above the weight norm; optional vertical markers."""
@@ -36,9 +42,7 @@ def training_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, tit
     ax_norm.set_xscale("log")
     for ax in (ax_acc, ax_norm):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def curves_by_group(curves: dict[Any, Sequence[dict[str, Any]]], key: str, path: str | os.PathLike,
@@ -58,9 +62,7 @@ def curves_by_group(curves: dict[Any, Sequence[dict[str, Any]]], key: str, path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(title=legend_title, fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def steps_vs_size(stats: Sequence[dict[str, Any]], cds: dict[str, Any], budget: int,
@@ -95,9 +97,7 @@ def steps_vs_size(stats: Sequence[dict[str, Any]], cds: dict[str, Any], budget: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def heatmap(values: dict[tuple[Any, Any], float], path: str | os.PathLike, title: str,
@@ -118,9 +118,7 @@ def heatmap(values: dict[tuple[Any, Any], float], path: str | os.PathLike, title
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=colorbar)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def projection_by_subset(all_values: Sequence[float], subsets: dict[Any, Sequence[float]],
@@ -137,9 +135,7 @@ def projection_by_subset(all_values: Sequence[float], subsets: dict[Any, Sequenc
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def weight_distribution(snapshots: dict[int, Any], stages: dict[str, int | None],
@@ -174,6 +170,4 @@ def weight_distribution(snapshots: dict[int, Any], stages: dict[str, int | None]
     ax_norm.set_ylabel("L2 norm")
     for ax in (ax_hist, ax_norm):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
