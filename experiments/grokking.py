@@ -69,12 +69,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     return config
 
 
-def summarize(rows: list[dict], **fixed) -> dict:
+def summarize(rows: list[dict], *, memorized_at: float = MEMORIZED_AT,
+              generalized_at: float = GENERALIZED_AT, **fixed) -> dict:
     """The headline numbers of a run from its metric rows; `fixed` adds known facts."""
     return {**fixed,
-        "step_memorized": transitions.first_step_at_least(rows, "train_accuracy", MEMORIZED_AT),
+        "step_memorized": transitions.first_step_at_least(rows, "train_accuracy", memorized_at),
         "step_generalized": transitions.first_step_at_least(rows, "test_accuracy",
-                                                            GENERALIZED_AT),
+                                                            generalized_at),
     }
 
 

@@ -22,8 +22,9 @@ import os
 import ml_collections
 import numpy as np
 
+from experiments import grokking
 from phasemix import batching, cli, losses, model as model_lib, optimizer, reviews, tokenizer
-from phasemix import plotting, run_io, train, transitions, validation
+from phasemix import plotting, run_io, train, validation
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "tokenizers")
 
@@ -110,14 +111,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
                            task[field])
 
 
-def summarize(rows: list[dict], *, memorized_at: float, generalized_at: float, **fixed) -> dict:
-    return {**fixed,
-            "step_memorized": transitions.first_step_at_least(rows, "train_accuracy",
-                                                              memorized_at),
-            "step_generalized": transitions.first_step_at_least(rows, "test_accuracy",
-                                                                generalized_at)}
-
-
 def _arrays(tok: tokenizer.Tokenizer, data: reviews.Reviews, max_len: int) -> batching.Arrays:
     tokens_NxL, pad_mask_NxL = tok.encode(data.texts, max_len)
     return {"inputs": tokens_NxL, "pad_mask": pad_mask_NxL, "labels": data.labels}
@@ -162,15 +155,15 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.
         eval_sets={"train": eval_subset(train_set, task.eval_train_count),
                    "test": eval_subset(test_set, task.eval_test_count)},
         summarize=functools.partial(
-            summarize, memorized_at=task.memorized_at, generalized_at=task.generalized_at,
+            grokking.summarize, memorized_at=task.memorized_at, generalized_at=task.generalized_at,
             dataset=train_split.name, train_size=num_train, test_size=len(test_split),
             vocab_size=tok.vocab_size),
         snapshot=classifier_weights)
 
 
-def classifier_weights(params) -> dict[str, np.ndarray]:
+def classifier_weights(params) -> dict:
     """The classifier layer's kernel (d_model x 2), whose distribution Fig. 5 follows."""
-    return {"head_kernel": np.asarray(params["head"]["kernel"])}
+    return {"head_kernel": params["head"]["kernel"]}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

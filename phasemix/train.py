@@ -48,7 +48,7 @@ class Task:
     train_batches: grain.MapDataset  # element i is the global batch of step i
     eval_sets: dict[str, batching.Arrays]  # name -> arrays; metrics logged as <name>_loss etc.
     summarize: Callable[[list[dict[str, Any]]], dict[str, Any]]  # metric rows -> summary
-    # Optional: host params -> small arrays saved at every evaluation as snapshots/<step>.npz
+    # Optional: params -> a few of their arrays, saved at every evaluation as snapshots/<step>.npz
     # (e.g. a classifier's weights, whose distribution a figure follows through training).
     snapshot: Callable[[Any], dict[str, np.ndarray]] | None = None
 
@@ -314,10 +314,10 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
             if train_metrics is not None:
                 for row, metrics in zip(rows, per_run(train_metrics)):
                     row.update({k: float(v) for k, v in metrics.items()})
-            if task.snapshot is not None:
-                for run, params in zip(runs, per_run(state.params)):
+            if task.snapshot is not None:  # picked on device: only the chosen arrays move
+                for run, arrays in zip(runs, per_run(task.snapshot(state.params))):
                     run_io.write_npz_atomic(run.workdir / run_io.SNAPSHOT_DIR / f"{step}.npz",
-                                            task.snapshot(params))
+                                            arrays)
             for run, row in zip(runs, rows):
                 row["elapsed_seconds"] = run.elapsed_before + time.monotonic() - t0
                 if not all(np.isfinite(v) for v in row.values()):
