@@ -13,12 +13,16 @@ import optax
 Metrics = dict[str, jax.Array]
 
 
-def masked_token_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]:
+def masked_token_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array],
+                      exact_match: bool = False) -> tuple[jax.Array, Metrics]:
     """Cross-entropy and accuracy on the tokens where `batch['loss_mask']` is 1.
 
     For modular arithmetic the mask selects the answer token only, so no other position's
     target can change the loss. Logits may cover only the last positions (a decoder with
-    `last_position_only`); targets and mask are then read at those positions. Returns
+    `last_position_only`); targets and mask are then read at those positions. With
+    `exact_match`, also counts the rows whose masked tokens are *all* argmax-correct: with
+    teacher forcing that is exactly "greedy decoding from the unmasked prefix reproduces the
+    masked tokens", so one forward pass scores a greedy-decoding evaluation. Returns
     (mean loss, summed metrics).
     """
     num_positions = logits_BxLxV.shape[1]
@@ -32,6 +36,11 @@ def masked_token_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array]) -> t
     loss_sum = (nll_BxL * mask_BxL).sum()
     metrics = {"loss_sum": loss_sum, "correct_sum": (correct_BxL * mask_BxL).sum(),
                "count": count}
+    if exact_match:
+        scored_B = (mask_BxL > 0).any(-1)
+        all_right_B = jnp.all((correct_BxL > 0) | (mask_BxL == 0), axis=-1) & scored_B
+        metrics["exact_sum"] = all_right_B.astype(jnp.float32).sum()
+        metrics["sequence_count"] = scored_B.astype(jnp.float32).sum()
     return loss_sum / jnp.maximum(count, 1.0), metrics
 
 
@@ -49,7 +58,11 @@ def classification_loss(logits_BxC: jax.Array, batch: dict[str, jax.Array]) -> t
 
 
 def finalize(metric_sums: Metrics, prefix: str = "") -> dict[str, float]:
-    """Summed metrics -> {prefix+'loss', prefix+'accuracy'} as Python floats."""
+    """Summed metrics -> {prefix+'loss', prefix+'accuracy'[, prefix+'exact_match']} as floats."""
     count = max(float(metric_sums["count"]), 1.0)
-    return {f"{prefix}loss": float(metric_sums["loss_sum"]) / count,
-            f"{prefix}accuracy": float(metric_sums["correct_sum"]) / count}
+    finals = {f"{prefix}loss": float(metric_sums["loss_sum"]) / count,
+              f"{prefix}accuracy": float(metric_sums["correct_sum"]) / count}
+    if "exact_sum" in metric_sums:
+        finals[f"{prefix}exact_match"] = (float(metric_sums["exact_sum"])
+                                          / max(float(metric_sums["sequence_count"]), 1.0))
+    return finals
