@@ -121,3 +121,35 @@ def test_damaged_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
     assert str(path) in caplog.text and "rebuilding" in caplog.text
     assert tokenizer.load(path) == tok
     assert os.listdir(tmp_path) == [path.name]
+
+
+def test_required_words_are_always_in_the_vocabulary():
+    # "zebra" and "quagga" are rare or absent in the texts, but required: they come right
+    # after the specials and the most frequent words fill the rest.
+    tok = tokenizer.build(TEXTS, vocab_size=8, required_words=["zebra", "quagga", "great"])
+    assert tok.vocab == tokenizer.SPECIALS + ("great", "quagga", "zebra", ".", "movie")
+    assert tokenizer.build(TEXTS, 9, required_words=()) == tokenizer.build(TEXTS, 9)
+    with pytest.raises(validation.ConfigError,
+                       match=r"^--config\.data\.vocab_size=5: must be at least 6 .*2 required"):
+        tokenizer.build(TEXTS, 5, required_words=["zebra", "quagga"], flag="data.vocab_size")
+
+
+def test_token_ids_have_no_cls_or_padding_and_detokenize_reads_back(tok):
+    ids = tok.token_ids("Great movie, zebra!")
+    np.testing.assert_array_equal(ids, [tok.ids["great"], tok.ids["movie"], tok.ids[","], UNK,
+                                        tok.ids["!"]])
+    assert ids.dtype == np.int32 and tok.token_ids("").shape == (0,)
+    assert tok.detokenize(ids) == "great movie, <unk>!"
+    full = tokenizer.build(["Ann Lee's job (at A&M) paid $5."], 100)
+    text = "Ann Lee's job (at A&M) paid $5."
+    assert full.detokenize(full.token_ids(text)) == "ann lee's job (at a & m) paid $5."
+
+
+def test_cache_key_covers_required_words_and_keeps_old_names(tmp_path):
+    path = tokenizer.cache_path(TEXTS, 9, tmp_path, "k")
+    assert tokenizer.cache_path(TEXTS, 9, tmp_path, "k", required_words=()) == path
+    with_zebra = tokenizer.cache_path(TEXTS, 9, tmp_path, "k", required_words=["zebra"])
+    assert with_zebra != path
+    tok = tokenizer.build_or_load(TEXTS, 9, tmp_path, "k", required_words=["zebra"])
+    assert "zebra" in tok.ids and with_zebra.exists()
+    assert tokenizer.load(with_zebra) == tok
