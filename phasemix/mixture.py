@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import grain
 import numpy as np
 
 Arrays = dict[str, np.ndarray]
@@ -86,8 +85,3 @@ class MixtureBatches:
                 "loss_mask": np.ones((self._batch_size, self._seq_len), np.float32),
                 "domain": np.concatenate(domains)}
 
-
-def mixture_batches(streams: Sequence[np.ndarray], weights: Sequence[float], batch_size: int,
-                    seq_len: int, num_steps: int) -> grain.MapDataset:
-    return grain.MapDataset.source(MixtureBatches(streams, weights, batch_size, seq_len,
-                                                  num_steps))

@@ -171,3 +171,24 @@ def weight_distribution(snapshots: dict[int, Any], stages: dict[str, int | None]
     for ax in (ax_hist, ax_norm):
         ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def metric_lines(rows: Sequence[dict[str, Any]], panels: Sequence[dict[str, str]],
+                 ylabels: Sequence[str], path: str | os.PathLike, title: str) -> None:
+    """Stacked panels sharing a log-step axis; panel i draws {label: metric key} of `rows`."""
+    rows = [r for r in rows if r["step"] > 0]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels) + 0.6), sharex=True,
+                             squeeze=False)
+    for ax, lines, ylabel in zip(axes[:, 0], panels, ylabels):
+        for label, key in lines.items():
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points), label=label)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xscale("log")
+    axes[-1, 0].set_xlabel("step")
+    _save(fig, path)

@@ -1,5 +1,6 @@
 """The token-stream mixture: exact proportions, monotone, random access, next-token targets."""
 
+import grain
 import numpy as np
 import pytest
 
@@ -43,7 +44,7 @@ def test_rows_are_consecutive_windows_with_shifted_targets():
 def test_random_access_equals_iteration_and_streams_cycle():
     stream = np.arange(50)
     source = mixture.MixtureBatches([stream], [1.0], batch_size=3, seq_len=4, num_steps=6)
-    iterator = batching.iterate(mixture.mixture_batches([stream], [1.0], 3, 4, 6))
+    iterator = batching.iterate(grain.MapDataset.source(source))
     for step in range(6):
         np.testing.assert_array_equal(next(iterator)["inputs"], source[step]["inputs"])
     assert source.epochs()[0] == pytest.approx(18 / 10)  # 10 windows of 5 tokens, 18 used

@@ -1,0 +1,232 @@
+"""Knowledge acquisition from a SynBio + web mixture at ratio r (Gu et al. 2025), one run.
+
+Run (offline: SynBio values and web text from registry packages; minutes on a 2-core CPU):
+  python -m experiments.knowledge_mixing --workdir=runs/knowledge_r0.3
+
+Variants and overrides:
+  python -m experiments.knowledge_mixing --config.ratio=0.2 --config.model.preset=tiny-32 ...
+  python -m experiments.knowledge_mixing --config.synbio.num_people=2000 --config.num_steps=8000
+  python -m experiments.knowledge_mixing --config.mix.keep_fraction=0.5 ...   (subsample bios)
+  python -m experiments.knowledge_mixing --config.mix.compact_fraction=0.1 ... (compact tuples)
+  python -m experiments.knowledge_mixing --config.web.source=huggingface ...   (FineWeb-Edu)
+  python -m experiments.knowledge_mixing --config=experiments/knowledge_mixing.py:smoke \
+      --workdir=/tmp/k
+
+Re-running a command on the same --workdir resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from phasemix import cli, decoding, knowledge, losses, mixture, model as model_lib, optimizer
+from phasemix import plotting, presets, run_io, synbio, tokenizer, train, validation, web_text
+
+CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "knowledge")
+ATTRIBUTE_SETS = tuple(f"bio_{a}" for a in synbio.ATTRIBUTES)
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    """Default: one CPU-scale run at r = 0.3. `smoke`: a seconds-long run for tests."""
+    config = ml_collections.ConfigDict()
+    config.experiment = "knowledge_mixing"
+    config.seed = 0  # model init and the order of web documents; SynBio has its own seed
+    config.ratio = 0.3  # r: the fraction of training tokens that are SynBio (1: SynBio alone)
+    config.synbio = synbio.default_config()
+    config.web = web_text.default_config()
+    config.mix = ml_collections.ConfigDict(dict(
+        keep_fraction=1.0,  # mitigation: train on a seeded random subset of the people
+        compact_fraction=0.0,  # mitigation: this share of SynBio tokens as compact tuples
+    ))
+    config.vocab_size = 5200  # every word of every SynBio value, then the top web words
+    config.seq_len = 64  # tokens per training sequence (documents are packed)
+    config.model = ml_collections.ConfigDict(dict(
+        preset="tiny-64",  # phasemix/presets.py: tiny-16 ... tiny-128, small-256, pythia-*
+        activation="gelu",
+        pos_embedding="learned",
+        init_scale=1.0,
+        dtype="float32",
+    ))
+    config.opt = optimizer.default_config()
+    config.opt.lr = 5e-3  # the CPU pilot: 1e-3 memorised nothing within the budget
+    config.opt.weight_decay = 0.1
+    config.opt.schedule = "cosine"
+    config.opt.warmup_steps = 100
+    config.batch_size = 32
+    config.num_steps = 3000
+    config.eval_every = 250
+    config.eval_people = 500  # people scored at every evaluation (all 5 templates each)
+    config.eval_web_windows = 256  # held-out web sequences for web_val_loss
+    config.eval_batch_size = 512
+    config.checkpoint_every = 1000
+    config.cache_dir = CACHE_DIR  # tokenizer and tokenised web text
+    if variant == "smoke":
+        config.synbio.num_people = 50
+        config.vocab_size = 3600
+        config.seq_len = 32
+        config.model.preset = "tiny-16"
+        config.batch_size = 16
+        config.num_steps = 30
+        config.eval_every = 10
+        config.eval_people = 20
+        config.eval_web_windows = 32
+        config.eval_batch_size = 128
+        config.checkpoint_every = 10
+        config.opt.warmup_steps = 5
+    elif variant:
+        validation.fail("config", f"unknown variant {variant!r}; use '' or 'smoke'")
+    return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """The checks that need no data, so a sweep can run them for every run first."""
+    validation.require(0 < config.ratio <= 1, "ratio", "must be in (0, 1] (1: SynBio alone)",
+                       config.ratio)
+    validation.require(0 < config.mix.keep_fraction <= 1, "mix.keep_fraction",
+                       "must be in (0, 1]", config.mix.keep_fraction)
+    validation.require(0 <= config.mix.compact_fraction < 1, "mix.compact_fraction",
+                       "must be in [0, 1)", config.mix.compact_fraction)
+    validation.require_positive(config, "seq_len", "eval_people", "eval_web_windows")
+    presets.model_fields(config.model.preset)
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_lib.TransformerConfig:
+    return model_lib.TransformerConfig.from_config(
+        config.model, **presets.model_fields(config.model.preset), vocab_size=vocab_size,
+        max_len=config.seq_len, causal=True)
+
+
+def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[train.Task, dict]:
+    """The mixture's batches, the evaluation sets, and facts for the summary."""
+    validate(config)
+    bio = synbio.make(config.synbio)
+    web_train, web_valid = web_text.load(config.web)
+    tok = tokenizer.build_or_load(web_train.texts, config.vocab_size, config.cache_dir,
+                                  key=f"knowledge|{web_train.name}",
+                                  required_words=bio.required_words(), flag="vocab_size")
+    people = None
+    if config.mix.keep_fraction < 1:
+        keep = max(int(round(config.mix.keep_fraction * len(bio))), 1)
+        people = np.sort(np.random.default_rng([config.synbio.seed, 17])
+                         .permutation(len(bio))[:keep])
+    batch_size = config.batch_size - config.batch_size % num_devices
+    validation.require(batch_size > 0, "batch_size", f"must be >= the {num_devices} devices")
+    weights = [config.ratio, 1 - config.ratio]
+    bio_rows = int(mixture.apportion(weights, config.num_steps * batch_size)[0])
+    bios = knowledge.bio_stream(bio, tok, bio_rows * (config.seq_len + 1) + 1,
+                                config.synbio.seed, people, config.mix.compact_fraction)
+    web = knowledge.web_stream(tok, web_train.texts, config.seed, config.cache_dir)
+    batches = mixture.MixtureBatches([bios.tokens, web], weights, batch_size, config.seq_len,
+                                     config.num_steps)
+
+    eval_people = (np.arange(len(bio)) if people is None else people)[:config.eval_people]
+    eval_sets = {}
+    for attribute, name in zip(synbio.ATTRIBUTES, ATTRIBUTE_SETS):
+        queries = [q for q in bio.queries(eval_people) if q.attribute == attribute]
+        eval_sets[name] = knowledge.query_arrays(tok, queries, config.seq_len)
+    valid_stream = knowledge.web_stream(tok, web_valid.texts, config.seed)
+    eval_sets["web_val"] = knowledge.window_arrays(valid_stream, config.seq_len,
+                                                   config.eval_web_windows)
+
+    exposures = bios.exposures(bio_rows * (config.seq_len + 1), len(bio))
+    trained = exposures if people is None else exposures[people]
+    counts = presets.param_counts(model_config(config, tok.vocab_size))
+    facts = {
+        "num_people": len(bio), "people_trained": len(bio) if people is None else len(people),
+        "web_source": web_train.name, "vocab_size": tok.vocab_size,
+        "train_tokens": config.num_steps * batch_size * config.seq_len,
+        "bio_token_fraction": bio_rows / (config.num_steps * batch_size),
+        "exposures_mean": float(np.mean(trained)),
+        "exposures_min": int(np.min(trained)),
+        "exposures_max": int(np.max(trained)),
+        "web_epochs": float(batches.epochs()[1]), **counts,
+    }
+    task = train.Task(
+        model_config=model_config(config, tok.vocab_size),
+        loss_fn=functools.partial(losses.masked_token_loss, exact_match=True),
+        train_batches=grain.MapDataset.source(batches),
+        eval_sets=eval_sets,
+        summarize=functools.partial(summarize, **facts))
+    return task, {"tokenizer": tok, "synbio": bio, "eval_people": eval_people}
+
+
+def summarize(rows: list[dict[str, Any]], **facts) -> dict[str, Any]:
+    """Final per-attribute exact match, their mean, web loss, and when the mean crossed 0.5.
+
+    `accuracy_<attribute>` is the exact match of the greedy completion (all the value's
+    tokens); the loop's `final_bio_<attribute>_accuracy` is per-token accuracy on the values.
+    """
+    last = rows[-1]
+    per_attribute = {f"accuracy_{name[len('bio_'):]}": last[f"{name}_exact_match"]
+                     for name in ATTRIBUTE_SETS}
+    curve = [(r["step"], np.mean([r[f"{n}_exact_match"] for n in ATTRIBUTE_SETS]))
+             for r in rows]
+    return {**facts, **per_attribute,
+            "bio_accuracy": float(np.mean(list(per_attribute.values()))),
+            "web_val_loss": last["web_val_loss"],
+            "step_bio_accuracy_half": next((s for s, a in curve if a >= 0.5), None)}
+
+
+def _score_people(config, workdir, task, extras) -> dict[str, Any]:
+    """Per-person exact matches of the final model: who has every attribute right."""
+    import jax
+    import jax.numpy as jnp
+
+    params = train.restore_params(config, workdir, task)
+    model = model_lib.Transformer(task.model_config)
+    bio, tok, eval_people = extras["synbio"], extras["tokenizer"], extras["eval_people"]
+    queries = bio.queries(eval_people)
+    arrays = knowledge.query_arrays(tok, queries, config.seq_len)
+
+    @jax.jit
+    def row_scores(inputs, targets, mask):
+        predicted = jnp.argmax(model.apply({"params": params}, inputs), -1)
+        right = (predicted == targets) | (mask == 0)
+        first = jnp.argmax(mask, -1)
+        first_right = jnp.take_along_axis(predicted == targets, first[:, None], 1)[:, 0]
+        return right.all(-1), first_right
+
+    exact, first = [], []
+    for start in range(0, len(queries), config.eval_batch_size):
+        part = {k: jnp.asarray(v[start:start + config.eval_batch_size]) for k, v in arrays.items()}
+        e, f = row_scores(part["inputs"], part["targets"], part["loss_mask"])
+        exact.append(np.asarray(e))
+        first.append(np.asarray(f))
+    exact, first = np.concatenate(exact), np.concatenate(first)
+    person = np.array([q.person for q in queries])
+    all_right = [exact[person == p].all() for p in eval_people]
+    # A few greedy generations next to the gold values, to read what the model says.
+    sample = [q for q in queries if q.template == 0][:10]
+    new = decoding.greedy_decode(model, params, [
+        [knowledge.SEPARATOR, *tok.token_ids(q.prompt)] for q in sample], num_new=6)
+    run_io.write_json_atomic(os.path.join(workdir, "samples.json"), [
+        {"prompt": q.prompt, "gold": q.value, "generated": tok.detokenize(ids)}
+        for q, ids in zip(sample, new)])
+    return {"people_all_attributes": float(np.mean(all_right)),
+            "bio_first_token_accuracy": float(first.mean())}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    import jax
+
+    task, extras = make_task(config, jax.device_count())
+    summary = train.train_and_evaluate(config, workdir, task)
+    summary.update(_score_people(config, workdir, task, extras))
+    run_io.write_json_atomic(os.path.join(workdir, run_io.SUMMARY_FILE), summary)
+    rows = run_io.read_metrics(workdir)
+    plotting.metric_lines(
+        rows, [{a: f"bio_{a}_exact_match" for a in synbio.ATTRIBUTES}, {"web": "web_val_loss"}],
+        ["exact match", "web val loss"], os.path.join(workdir, "knowledge_curves.png"),
+        f"r={config.ratio:g}, {config.model.preset}, {summary['people_trained']} people, "
+        f"{summary['exposures_mean']:.0f} exposures each")
+    return summary
+
+
+if __name__ == "__main__":
+    cli.main(run, config_file=__file__, default_workdir="runs/knowledge_mixing")
