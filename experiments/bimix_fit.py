@@ -1,0 +1,477 @@
+"""BiMix and its peers fitted to the published 5-mix loss curves (Ye et al. 2024 data; issue 8).
+
+Run (every law x eval group x model size x zero-share policy x 2 held-out draws, 320 fits;
+7 CPU-minutes, 10 minutes wall on a shared 2-core CPU):
+  python -m experiments.bimix_fit --workdir=runs/bimix_fit
+  python -m experiments.bimix_fit --curves=/path/to/5mix_losses.csv --workdir=runs/bimix_fit
+
+Smoke (one model size, few starts; used by the tests):
+  python -m experiments.bimix_fit --config=experiments/bimix_fit.py:smoke --workdir=/tmp/bimix
+
+Overrides, e.g. --config.zero_shares='("epsilon",)' --config.epsilon=1e-3
+--config.step_cut=15000 --config.fit.num_starts=128 --config.models='("70M",)'.
+
+The curves (--curves, default ../shared/data/mixing_laws/5mix_losses.csv from the repository
+root) are never copied into the workdir. The 22 Pile eval sub-domains are aggregated into
+the 5 training groups with the weights of pile_valid_weight.json (--valid_weights, default:
+next to the curves), renormalised within each group. Each (model, group) is fitted on steps
+<= step_cut of the mixtures not held out, then scored on later steps (extrapolation in s)
+and on the held-out mixtures (R^2, within-step R^2, Spearman). Outputs: table.csv (one row per
+law x group x model x zero-share policy x held-out draw), predictions.csv, predicted_vs_measured.png,
+summary.json (medians over groups and draws), optimal_mixtures.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from phasemix import cli, run_io, sweep, validation
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_CURVES = REPO_ROOT / ".." / "shared" / "data" / "mixing_laws" / "5mix_losses.csv"
+WEIGHTS_FILE = "pile_valid_weight.json"
+DOMAINS = ("academic", "prose", "dialogue", "symbolic", "internet")
+GROUPS = {  # training group -> its Pile validation sub-domains (the data README)
+    "academic": ("ArXiv", "PubMed_Abstracts", "PhilPapers", "NIH_ExPorter", "FreeLaw",
+                 "USPTO_Backgrounds", "PubMed_Central"),
+    "prose": ("PG19", "Books3", "BookCorpus2"),
+    "dialogue": ("Ubuntu_IRC", "OpenSubtitles", "EuroParl", "Enron_Emails", "HackerNews",
+                 "YoutubeSubtitles"),
+    "symbolic": ("DM_Mathematics", "Github"),
+    "internet": ("Pile-CC", "OpenWebText2", "StackExchange", "Wikipedia_en"),
+}
+PROP_COLUMNS = tuple(f"p_{d}" for d in DOMAINS)
+COLUMNS = ("model", "mixture_id", *PROP_COLUMNS, "step", "eval_domain", "loss")
+MIX_TOL = 1e-6  # a mixture's proportions must sum to 1 within this
+HEADLINE = (("extrap_step", "mre"), ("heldout_mix", "r2"), ("heldout_mix", "within_step_r2"),
+            ("heldout_mix", "within_step_spearman"), ("heldout_mix", "mre"))
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    """Default: every law on the four sizes with 26 mixtures. `smoke`: one size, seconds."""
+    from phasemix import mixing_laws
+
+    config = ml_collections.ConfigDict()
+    config.experiment = "bimix_fit"
+    config.seed = 0  # random starts and held-out draws derive from it
+    # 1B is left out: 6 mixtures, 4 of them with a single checkpoint (pass it to see it fail).
+    config.models = ("70M", "160M", "305M", "410M")
+    config.laws = mixing_laws.LAW_NAMES  # bimix | ye | linear | step_only
+    # Steps above max_step are dropped (0 keeps all): 30k is the horizon every size below 1B
+    # shares; the few runs that go on to 100k (6 of 26 at 70M, 2 at 160M) would weigh the
+    # extrapolation score towards themselves.
+    config.max_step = 30000
+    config.step_cut = 20000  # fit on steps <= step_cut, extrapolate to the later ones
+    config.heldout_fraction = 0.25  # of each size's mixtures, held out of the fit
+    config.num_splits = 2  # held-out draws (each its own fit); the table keeps every draw
+    # How BiMix meets r_i = 0: `drop` removes those rows (for every law, so that all are
+    # scored on the same rows); `epsilon` keeps them with r_i = max(r_i, epsilon).
+    config.zero_shares = ("drop", "epsilon")
+    config.epsilon = 1e-3
+    config.fit = ml_collections.ConfigDict(dict(
+        # Measured on 305M and 70M: 16 starts x 100 iterations already found the optimum of
+        # 96 x 1000 for every law; the defaults leave a 2x margin on both.
+        num_starts=32,  # random L-BFGS starts per fit, run together under vmap
+        max_iter=200,  # L-BFGS iterations per start
+        delta=0.01,  # Huber threshold on log residuals (Ye et al.)
+        tol=1e-6,  # stop a start when its gradient norm is below this
+    ))
+    # The mixture each fitted law predicts best at `opt.step` (first held-out draw).
+    config.opt = ml_collections.ConfigDict(dict(
+        step=30000,
+        domain_weights=(0.2, 0.2, 0.2, 0.2, 0.2),  # weights of the 5 group losses; sum to 1
+        min_weight=0.01,  # lower bound of every proportion (BiMix is infinite at 0)
+        max_weight=1.0,  # upper bound (e.g. a repetition cap)
+        # Also cap each share at the largest one trained (e.g. dialogue <= 0.094): beyond it
+        # every law extrapolates, and the linear law then sends ~90% to dialogue.
+        cap_at_trained_max=True,
+    ))
+    if variant == "smoke":
+        config.models = ("305M",)
+        config.num_splits = 1
+        config.zero_shares = ("drop",)
+        # Two laws: each law family costs one XLA compilation (~5 s here); the others are
+        # covered by the unit tests.
+        config.laws = ("bimix", "step_only")
+        config.fit.num_starts = 4
+        config.fit.max_iter = 40
+    elif variant:
+        validation.fail("config", f"unknown variant {variant!r}; use '' or 'smoke'")
+    return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Every check that needs no data, before anything is read or written."""
+    from phasemix import mixing_laws
+
+    validation.require(len(config.models) > 0, "models", "name at least one model size",
+                       config.models)
+    validation.require(len(config.laws) > 0, "laws", "name at least one law", config.laws)
+    for law in config.laws:
+        validation.require_choice(law, mixing_laws.LAW_NAMES, "laws")
+    validation.require(len(config.zero_shares) > 0, "zero_shares", "name at least one policy",
+                       config.zero_shares)
+    for policy in config.zero_shares:
+        validation.require_choice(policy, mixing_laws.ZERO_SHARE_POLICIES, "zero_shares")
+    validation.require(0 < config.heldout_fraction < 1, "heldout_fraction",
+                       "must be in (0, 1)", config.heldout_fraction)
+    validation.require(0 < config.epsilon < 1, "epsilon", "must be in (0, 1)", config.epsilon)
+    validation.require(config.max_step >= 0, "max_step", "must be >= 0 (0 keeps every step)",
+                       config.max_step)
+    validation.require(not config.max_step or config.step_cut < config.max_step, "step_cut",
+                       f"must be below max_step={config.max_step}, or nothing is left to "
+                       "extrapolate to", config.step_cut)
+    validation.require_positive(config, "step_cut", "num_splits", "fit.num_starts",
+                                "fit.max_iter", "fit.delta", "opt.step")
+    validation.require(config.fit.tol >= 0, "fit.tol", "must be >= 0", config.fit.tol)
+    weights = np.asarray(config.opt.domain_weights, float)
+    validation.require(weights.shape == (len(DOMAINS),), "opt.domain_weights",
+                       f"needs one weight per group {DOMAINS}", config.opt.domain_weights)
+    validation.require(np.all(weights >= 0) and abs(weights.sum() - 1) <= MIX_TOL,
+                       "opt.domain_weights", f"must be >= 0 and sum to 1 (within {MIX_TOL})",
+                       config.opt.domain_weights)
+    lo, hi = config.opt.min_weight, config.opt.max_weight
+    validation.require(0 < lo <= 1 / len(DOMAINS), "opt.min_weight",
+                       f"must be in (0, 1/{len(DOMAINS)}]", lo)
+    validation.require(1 / len(DOMAINS) <= hi <= 1, "opt.max_weight",
+                       f"must be in [1/{len(DOMAINS)}, 1]", hi)
+
+
+# --- Data -------------------------------------------------------------------------------------
+
+def _curves_error(path: Any, message: str) -> validation.ConfigError:
+    return validation.ConfigError(f"--curves={path}: {message}")
+
+
+def read_group_weights(path: str | pathlib.Path) -> dict[str, float]:
+    """Sub-domain -> weight within its group (the file's weights renormalised per group)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise validation.ConfigError(f"--valid_weights={path}: file not found (it comes with "
+                                     "the curves as pile_valid_weight.json)")
+    raw = json.loads(path.read_text())
+    out = {}
+    for group, members in GROUPS.items():
+        missing = [m for m in members if m not in raw]
+        if missing:
+            raise validation.ConfigError(f"--valid_weights={path}: no weight for {missing}")
+        total = sum(raw[m] for m in members)
+        out.update({m: raw[m] / total for m in members})
+    return out
+
+
+def load_curves(path: str | pathlib.Path, weights_path: str | pathlib.Path | None = None
+                ) -> dict[str, dict[str, np.ndarray]]:
+    """model -> {mixture_N, step_N, props_NxK, loss_NxK}: one row per (mixture, step), one loss
+    column per training group (NaN where some of the group's sub-domains are missing).
+
+    Every row is checked; an error names the file and its line.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise _curves_error(path, "file not found; pass --curves=PATH to the published 5-mix "
+                            "curves (5mix_losses.csv, see ../shared/data/mixing_laws/README.md)")
+    weights = read_group_weights(weights_path or path.with_name(WEIGHTS_FILE))
+    group_of = {m: g for g, members in GROUPS.items() for m in members}
+    props: dict[tuple[str, int], tuple[float, ...]] = {}
+    losses: dict[tuple[str, int, int], dict[str, float]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise _curves_error(path, f"missing columns {missing}")
+        for row in reader:
+            where = f"line {reader.line_num}"
+            try:
+                mixture, step = int(row["mixture_id"]), int(float(row["step"]))
+                p = tuple(float(row[c]) for c in PROP_COLUMNS)
+                loss = float(row["loss"])
+            except ValueError as e:
+                raise _curves_error(path, f"{where}: {e}") from e
+            if min(p) < 0 or abs(sum(p) - 1) > MIX_TOL:
+                raise _curves_error(path, f"{where}: mixture {p} has a negative weight or does "
+                                    f"not sum to 1 (sum {sum(p):.9g}, tolerance {MIX_TOL})")
+            if not (math.isfinite(loss) and loss > 0) or step <= 0:
+                raise _curves_error(path, f"{where}: loss must be finite and > 0 and step > 0")
+            if row["eval_domain"] not in group_of:
+                raise _curves_error(path, f"{where}: unknown eval domain {row['eval_domain']!r}")
+            known = props.setdefault((row["model"], mixture), p)
+            if known != p:
+                raise _curves_error(path, f"{where}: mixture {mixture} of {row['model']} was "
+                                    f"{known} on an earlier line, here {p}")
+            losses.setdefault((row["model"], mixture, step), {})[row["eval_domain"]] = loss
+    out: dict[str, dict[str, list]] = {}
+    for (model, mixture, step), by_domain in sorted(losses.items()):
+        group_losses = []
+        for group in DOMAINS:
+            members = GROUPS[group]
+            complete = all(m in by_domain for m in members)
+            group_losses.append(sum(weights[m] * by_domain[m] for m in members) if complete
+                                else math.nan)
+        table = out.setdefault(model, {"mixture_N": [], "step_N": [], "props_NxK": [],
+                                       "loss_NxK": []})
+        table["mixture_N"].append(mixture)
+        table["step_N"].append(step)
+        table["props_NxK"].append(props[(model, mixture)])
+        table["loss_NxK"].append(group_losses)
+    return {model: {k: np.asarray(v, np.int64 if k == "mixture_N" else np.float64)
+                    for k, v in table.items()} for model, table in out.items()}
+
+
+def select(data: dict[str, np.ndarray], config: ml_collections.ConfigDict, model: str
+           ) -> dict[str, np.ndarray]:
+    """A model's rows up to max_step, checked to hold a fit and something to score."""
+    keep = data["step_N"] <= config.max_step if config.max_step else np.ones_like(
+        data["step_N"], bool)
+    data = {k: v[keep] for k, v in data.items()}
+    fit_steps = np.unique(data["step_N"][data["step_N"] <= config.step_cut])
+    mixtures = np.unique(data["mixture_N"])
+    validation.require(len(fit_steps) >= 3 and len(mixtures) >= 4, "models",
+                       f"{model} has {len(fit_steps)} steps <= step_cut and {len(mixtures)} "
+                       "mixtures; a fit needs >= 3 and >= 4: leave it out or move "
+                       "--config.step_cut", model)
+    return data
+
+
+# --- Fitting ----------------------------------------------------------------------------------
+
+def _key(seed: int, *ids: int):
+    import jax
+
+    key = jax.random.key(seed)
+    for i in ids:
+        key = jax.random.fold_in(key, i)
+    return key
+
+
+def fit_model(config: ml_collections.ConfigDict, model: str, model_index: int,
+              data: dict[str, np.ndarray], pad_to: int) -> tuple[list[dict], list[dict], dict]:
+    """(table rows, prediction rows of the first draw, fitted laws of the first draw)."""
+    from phasemix import law_fit, mixing_laws
+
+    rows, predictions, fitted = [], [], {}
+    for split in range(config.num_splits):
+        heldout = law_fit.choose_heldout_mixtures(data["mixture_N"], config.heldout_fraction,
+                                                  seed=[config.seed, split, model_index])
+        for policy in config.zero_shares:
+            for d, domain in enumerate(DOMAINS):
+                loss_N = data["loss_NxK"][:, d]
+                keep = np.isfinite(loss_N) & mixing_laws.zero_share_keep(data["props_NxK"], d,
+                                                                         policy)
+                dropped_zero = int(np.sum(np.isfinite(loss_N) & ~keep))
+                for law_name in config.laws:
+                    law = mixing_laws.make_law(law_name, len(DOMAINS), d, config.epsilon)
+                    result = law_fit.evaluate_protocol(
+                        law, _key(config.seed, split, model_index, d,
+                                  mixing_laws.LAW_NAMES.index(law_name)),
+                        data["step_N"][keep], data["props_NxK"][keep], loss_N[keep],
+                        data["mixture_N"][keep], step_cut=config.step_cut, heldout_ids=heldout,
+                        pad_to=pad_to, **config.fit.to_dict())
+                    row = {"model": model, "law": law_name, "domain": domain,
+                           "zero_share": policy, "split": split,
+                           "heldout_mixtures": " ".join(map(str, heldout)),
+                           "rows_dropped_zero_share": dropped_zero,
+                           "fraction_dropped_zero_share": dropped_zero / int(np.sum(
+                               np.isfinite(loss_N))),
+                           "fit_objective": float(result.fit.loss),
+                           "fit_iterations": int(result.fit.iterations)}
+                    for name, scores in result.metrics.items():
+                        row.update({f"{name}_{k}": v for k, v in scores.items()})
+                    rows.append(row)
+                    if split == 0:
+                        fitted[(policy, law_name, d)] = (law, result.fit.params)
+                        predictions += [
+                            {"model": model, "law": law_name, "domain": domain,
+                             "zero_share": policy, "mixture_id": int(m), "step": int(s),
+                             "split": str(sp), "loss": float(y), "pred": float(p)}
+                            for m, s, sp, y, p in zip(data["mixture_N"][keep],
+                                                      data["step_N"][keep], result.split_N,
+                                                      loss_N[keep], result.pred_N)]
+    return rows, predictions, fitted
+
+
+def optimal_mixtures(config: ml_collections.ConfigDict, model: str, fitted: dict,
+                     data: dict[str, np.ndarray]) -> list[dict]:
+    """Per policy and mixture-aware law: the mixture it predicts best at opt.step, and the
+    predicted loss there against the best mixture that was trained."""
+    from phasemix import law_fit, mixture_opt
+
+    weights = np.asarray(config.opt.domain_weights, float)
+    observed = np.unique(data["props_NxK"], axis=0)
+    lo = np.full(len(DOMAINS), config.opt.min_weight)
+    hi = np.full(len(DOMAINS), config.opt.max_weight)
+    if config.opt.cap_at_trained_max:
+        hi = np.minimum(hi, observed.max(axis=0))
+    out = []
+    for policy in config.zero_shares:
+        for law_name in config.laws:
+            if law_name == "step_only":
+                continue
+            laws, params = zip(*(fitted[(policy, law_name, d)] for d in range(len(DOMAINS))))
+            if law_name == "bimix":
+                coefficients = [law.constrain(p) for law, p in zip(laws, params)]
+                alpha, k = mixture_opt.bimix_coefficients(coefficients, config.opt.step, weights)
+                r, method = mixture_opt.bimix_optimal_mixture(alpha, k, lo, hi)
+            else:
+                fn = mixture_opt.predicted_loss_fn(laws, params, config.opt.step, weights)
+                r, method = mixture_opt.minimize_on_simplex(fn, len(DOMAINS), lo, hi), \
+                    "projected_gradient"
+
+            def predicted(mix_MxK):
+                steps = np.full(len(mix_MxK), config.opt.step)
+                return sum(w * law_fit.predict(law, p, steps, mix_MxK)
+                           for w, law, p in zip(weights, laws, params))
+
+            on_observed = predicted(observed)
+            best = int(np.argmin(on_observed))
+            out.append({"model": model, "zero_share": policy, "law": law_name,
+                        "method": method, "max_share": dict(zip(DOMAINS, hi.tolist())),
+                        "mixture": dict(zip(DOMAINS, np.round(r, 4).tolist())),
+                        "predicted_loss": float(predicted(r[None, :])[0]),
+                        "best_trained_mixture": dict(zip(DOMAINS, observed[best].tolist())),
+                        "best_trained_predicted_loss": float(on_observed[best])})
+    return out
+
+
+# --- Outputs ----------------------------------------------------------------------------------
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def headline(rows: list[dict]) -> list[dict]:
+    """Per (zero_share, law, model): medians over groups and held-out draws."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["zero_share"], row["law"], row["model"]), []).append(row)
+    out = []
+    for (policy, law, model), group in groups.items():
+        entry = {"zero_share": policy, "law": law, "model": model}
+        for split, metric in HEADLINE:
+            values = [r[f"{split}_{metric}"] for r in group
+                      if not math.isnan(r[f"{split}_{metric}"])]
+            entry[f"{split}_{metric}"] = float(np.median(values)) if values else math.nan
+        out.append(entry)
+    return out
+
+
+def format_table(entries: list[dict]) -> str:
+    """The headline as fixed-width text."""
+    names = ["zero_share", "law", "model"] + [f"{s}_{m}" for s, m in HEADLINE]
+    short = ["zero", "law", "model", "extrap MRE", "held R2", "held within R2",
+             "held within rho", "held MRE"]
+    lines = ["  ".join(f"{s:>15}" for s in short)]
+    for e in entries:
+        cells = []
+        for n in names:
+            v = e[n]
+            cells.append(f"{v:>15.4f}" if isinstance(v, float) else f"{v:>15}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path, zero_share: str) -> None:
+    """Predicted against measured loss, one panel per law x model, coloured by split."""
+    from phasemix import plotting  # noqa: F401  (selects the Agg backend first)
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in sweep.read_table(predictions_csv) if r["zero_share"] == zero_share]
+    laws = list(dict.fromkeys(r["law"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(len(laws), len(models), squeeze=False,
+                             figsize=(3.2 * len(models), 3.0 * len(laws)))
+    colors = {"fit": "lightgrey", "extrap_step": "tab:blue", "heldout_mix": "tab:orange",
+              "heldout_both": "tab:red"}
+    for i, law in enumerate(laws):
+        for j, model in enumerate(models):
+            ax = axes[i][j]
+            cell = [r for r in rows if r["law"] == law and r["model"] == model]
+            for split, color in colors.items():
+                pts = [(r["loss"], r["pred"]) for r in cell if r["split"] == split]
+                if pts:
+                    x, y = zip(*pts)
+                    ax.scatter(x, y, s=4, color=color, label=split, alpha=0.7)
+            if cell:
+                lo = min(min(r["loss"], r["pred"]) for r in cell)
+                hi = max(max(r["loss"], r["pred"]) for r in cell)
+                ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.6)
+            ax.set_title(f"{law}, {model}", fontsize=9)
+            ax.set_xlabel("measured loss", fontsize=8)
+            ax.set_ylabel("predicted", fontsize=8)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, markerscale=2)
+    fig.suptitle(f"Predicted vs measured group loss (zero share: {zero_share}; all 5 groups)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, curves: str | pathlib.Path =
+        DEFAULT_CURVES, valid_weights: str | pathlib.Path | None = None) -> dict[str, Any]:
+    from phasemix import law_fit
+
+    validate(config)
+    data = load_curves(curves, valid_weights)
+    for model in config.models:
+        validation.require(model in data, "models", f"not in {curves} (it has {sorted(data)})",
+                           model)
+    selected = {model: select(data[model], config, model) for model in config.models}
+    workdir_path = run_io.prepare_workdir(workdir, config)
+    # One padded size for every fit: one compilation per law family.
+    pad_to = law_fit.padded_size(max(len(d["step_N"]) for d in selected.values()))
+    rows, predictions, optima = [], [], []
+    for model_index, model in enumerate(config.models):
+        model_rows, model_predictions, fitted = fit_model(config, model, model_index,
+                                                          selected[model], pad_to)
+        rows += model_rows
+        predictions += model_predictions
+        optima += optimal_mixtures(config, model, fitted, selected[model])
+    sweep.write_table(rows, workdir_path / "table.csv")
+    sweep.write_table(predictions, workdir_path / "predictions.csv")
+    run_io.write_json_atomic(workdir_path / "table.json", _nan_to_none(rows))
+    run_io.write_json_atomic(workdir_path / "optimal_mixtures.json", optima)
+    entries = headline(rows)
+    plot_predictions(workdir_path / "predictions.csv", workdir_path / "predicted_vs_measured.png",
+                     config.zero_shares[0])
+    print(format_table(entries))
+    missing = {model: int(np.sum(np.isnan(d["loss_NxK"]))) for model, d in selected.items()}
+    summary = _nan_to_none({
+        "curves": str(pathlib.Path(curves).resolve()),
+        "models": list(config.models), "laws": list(config.laws),
+        "step_cut": config.step_cut, "max_step": config.max_step,
+        "heldout_fraction": config.heldout_fraction, "num_splits": config.num_splits,
+        "group_losses_missing_subdomains": missing,
+        "fraction_dropped_zero_share": {
+            f"{m}/{d}": r["fraction_dropped_zero_share"] for r in rows
+            for m, d in [(r["model"], r["domain"])]
+            if r["split"] == 0 and r["zero_share"] == "drop" and r["law"] == config.laws[0]},
+        "headline": entries,
+        "note": "medians over the 5 groups and the held-out draws; within-step scores count "
+                "only the differences between mixtures at one step",
+    })
+    run_io.write_json_atomic(workdir_path / run_io.SUMMARY_FILE, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    flags.DEFINE_string("curves", str(DEFAULT_CURVES), "The 5-mix loss curves (CSV).")
+    flags.DEFINE_string("valid_weights", None,
+                        f"Pile eval sub-domain weights; default: {WEIGHTS_FILE} by the curves.")
+    cli.main(lambda config, workdir: run(config, workdir, flags.FLAGS.curves,
+                                         flags.FLAGS.valid_weights),
+             config_file=__file__, default_workdir="runs/bimix_fit")
