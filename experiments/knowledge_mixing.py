@@ -39,6 +39,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.seed = 0  # model init and the order of web documents; SynBio has its own seed
     config.ratio = 0.3  # r: the fraction of training tokens that are SynBio (1: SynBio alone)
     config.synbio = synbio.default_config()
+    config.synbio.num_people = 500  # CPU scale: ~47 exposures each within the default budget
     config.web = web_text.default_config()
     config.mix = ml_collections.ConfigDict(dict(
         keep_fraction=1.0,  # mitigation: train on a seeded random subset of the people
@@ -59,9 +60,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.opt.schedule = "cosine"
     config.opt.warmup_steps = 100
     config.batch_size = 32
-    config.num_steps = 3000
+    config.num_steps = 2000
     config.eval_every = 250
-    config.eval_people = 500  # people scored at every evaluation (all 5 templates each)
+    config.eval_people = 200  # people scored at every evaluation (all 5 templates each)
+    config.final_eval_people = 500  # people scored by the final model (summary.json)
     config.eval_web_windows = 256  # held-out web sequences for web_val_loss
     config.eval_batch_size = 512
     config.checkpoint_every = 1000
@@ -75,6 +77,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.num_steps = 30
         config.eval_every = 10
         config.eval_people = 20
+        config.final_eval_people = 30
         config.eval_web_windows = 32
         config.eval_batch_size = 128
         config.checkpoint_every = 10
@@ -92,7 +95,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        "must be in (0, 1]", config.mix.keep_fraction)
     validation.require(0 <= config.mix.compact_fraction < 1, "mix.compact_fraction",
                        "must be in [0, 1)", config.mix.compact_fraction)
-    validation.require_positive(config, "seq_len", "eval_people", "eval_web_windows")
+    validation.require_positive(config, "seq_len", "eval_people", "final_eval_people",
+                                "eval_web_windows")
     presets.model_fields(config.model.preset)
 
 
@@ -125,7 +129,8 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[
     batches = mixture.MixtureBatches([bios.tokens, web], weights, batch_size, config.seq_len,
                                      config.num_steps)
 
-    eval_people = (np.arange(len(bio)) if people is None else people)[:config.eval_people]
+    trained_people = np.arange(len(bio)) if people is None else people
+    eval_people = trained_people[:config.eval_people]
     eval_sets = {}
     for attribute, name in zip(synbio.ATTRIBUTES, ATTRIBUTE_SETS):
         queries = [q for q in bio.queries(eval_people) if q.attribute == attribute]
@@ -153,7 +158,8 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[
         train_batches=grain.MapDataset.source(batches),
         eval_sets=eval_sets,
         summarize=functools.partial(summarize, **facts))
-    return task, {"tokenizer": tok, "synbio": bio, "eval_people": eval_people}
+    return task, {"tokenizer": tok, "synbio": bio,
+                  "final_people": trained_people[:config.final_eval_people]}
 
 
 def summarize(rows: list[dict[str, Any]], **facts) -> dict[str, Any]:
@@ -180,8 +186,8 @@ def _score_people(config, workdir, task, extras) -> dict[str, Any]:
 
     params = train.restore_params(config, workdir, task)
     model = model_lib.Transformer(task.model_config)
-    bio, tok, eval_people = extras["synbio"], extras["tokenizer"], extras["eval_people"]
-    queries = bio.queries(eval_people)
+    bio, tok, final_people = extras["synbio"], extras["tokenizer"], extras["final_people"]
+    queries = bio.queries(final_people)
     arrays = knowledge.query_arrays(tok, queries, config.seq_len)
 
     @jax.jit
@@ -200,7 +206,7 @@ def _score_people(config, workdir, task, extras) -> dict[str, Any]:
         first.append(np.asarray(f))
     exact, first = np.concatenate(exact), np.concatenate(first)
     person = np.array([q.person for q in queries])
-    all_right = [exact[person == p].all() for p in eval_people]
+    all_right = [exact[person == p].all() for p in final_people]
     # A few greedy generations next to the gold values, to read what the model says.
     sample = [q for q in queries if q.template == 0][:10]
     new = decoding.greedy_decode(model, params, [
@@ -208,8 +214,13 @@ def _score_people(config, workdir, task, extras) -> dict[str, Any]:
     run_io.write_json_atomic(os.path.join(workdir, "samples.json"), [
         {"prompt": q.prompt, "gold": q.value, "generated": tok.detokenize(ids)}
         for q, ids in zip(sample, new)])
+    attribute = np.array([q.attribute for q in queries])
     return {"people_all_attributes": float(np.mean(all_right)),
-            "bio_first_token_accuracy": float(first.mean())}
+            "bio_first_token_accuracy": float(first.mean()),
+            "final_people_scored": len(final_people),
+            **{f"final_accuracy_{a}": float(exact[attribute == a].mean())
+               for a in synbio.ATTRIBUTES},
+            "final_bio_accuracy": float(exact.mean())}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -119,17 +119,18 @@ def query_arrays(tok: tokenizer_lib.Tokenizer, queries: Sequence[synbio.Query],
     """Teacher-forced rows: SEPARATOR + prompt + value, with the loss on the value's tokens.
 
     `masked_token_loss(..., exact_match=True)` then scores each row as greedy decoding would.
+    Rows are as long as the longest query (a causal model needs no more), at most `seq_len`.
     """
-    inputs_NxL = np.zeros((len(queries), seq_len), np.int32)
+    encoded = [(np.concatenate([[SEPARATOR], tok.token_ids(q.prompt)]), tok.token_ids(q.value))
+               for q in queries]
+    width = max((len(p) + len(v) - 1 for p, v in encoded), default=1)
+    if width > seq_len:
+        raise ValueError(f"a query is {width + 1} tokens, longer than seq_len={seq_len}")
+    inputs_NxL = np.zeros((len(queries), width), np.int32)
     targets_NxL = np.zeros_like(inputs_NxL)
-    mask_NxL = np.zeros((len(queries), seq_len), np.float32)
-    for row, query in enumerate(queries):
-        prompt = np.concatenate([[SEPARATOR], tok.token_ids(query.prompt)])
-        value = tok.token_ids(query.value)
+    mask_NxL = np.zeros((len(queries), width), np.float32)
+    for row, (prompt, value) in enumerate(encoded):
         sequence = np.concatenate([prompt, value])
-        if len(sequence) - 1 > seq_len:
-            raise ValueError(f"query {query.prompt!r} + {query.value!r} is longer than "
-                             f"seq_len={seq_len}")
         inputs_NxL[row, :len(sequence) - 1] = sequence[:-1]
         targets_NxL[row, :len(sequence) - 1] = sequence[1:]
         mask_NxL[row, len(prompt) - 1:len(sequence) - 1] = 1.0
