@@ -15,6 +15,8 @@ experiment's runs; hours on a CPU at the default size):
 
 Smoke (seconds): --config=experiments/critical_data_size.py:smoke (or :model_smoke,
 :sentiment_smoke)
+On a cluster, --shard=i/n runs part i of n of the grid (launch/slurm_sweep_array.sbatch runs
+one part per array task); the part that finds every run finished writes the analysis.
 Any grokking field is a flag under `base`, e.g. --config.base.task.p=97
 --config.base.num_steps=20000; the grid is --config.train_counts='(200,400,800)'
 --config.seeds='(0,1)'. Re-running a sweep runs only the runs that are missing.
@@ -206,14 +208,17 @@ def _pca_figure(config, workdir: pathlib.Path, rows) -> None:
         f"model trained on {largest['task.train_count']} pairs", "PC 1")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        shard: sweep.Shard | None = None) -> dict[str, Any]:
     grid = overrides(config)
     study = STUDIES[config.study]
     workdir_path = pathlib.Path(workdir)
     rows = sweep.run_sweep(config.base, grid, workdir_path, study.run,
                            validate_fn=study.validate, workers=config.workers,
-                           group_fn=study.run_vmapped if config.vmap_seeds else None)
+                           group_fn=study.run_vmapped if config.vmap_seeds else None, shard=shard)
     run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
+    if len(rows) < len(grid):  # other shards still running: they write the analysis
+        return {"runs": len(grid), "runs_finished": len(rows), "shard": str(shard)}
     budget = config.base.num_steps
     if config.mode == "sample":
         analysis = analyse(rows, budget, study.size_field)
@@ -240,4 +245,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    cli.main(run, config_file=__file__, default_workdir="runs/critical_data_size")
+    cli.main(run, config_file=__file__, default_workdir="runs/critical_data_size", sweep=True)

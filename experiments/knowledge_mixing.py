@@ -25,7 +25,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from phasemix import cli, decoding, knowledge, losses, mixture, model as model_lib, optimizer
+from phasemix import cli, decoding, distributed, knowledge, losses, mixture, model as model_lib, optimizer
 from phasemix import plotting, presets, run_io, synbio, tokenizer, train, validation, web_text
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "knowledge")
@@ -211,9 +211,10 @@ def _score_people(config, workdir, task, extras) -> dict[str, Any]:
     sample = [q for q in queries if q.template == 0][:10]
     new = decoding.greedy_decode(model, params, [
         [knowledge.SEPARATOR, *tok.token_ids(q.prompt)] for q in sample], num_new=6)
-    run_io.write_json_atomic(os.path.join(workdir, "samples.json"), [
-        {"prompt": q.prompt, "gold": q.value, "generated": tok.detokenize(ids)}
-        for q, ids in zip(sample, new)])
+    if distributed.is_primary():
+        run_io.write_json_atomic(os.path.join(workdir, "samples.json"), [
+            {"prompt": q.prompt, "gold": q.value, "generated": tok.detokenize(ids)}
+            for q, ids in zip(sample, new)])
     attribute = np.array([q.attribute for q in queries])
     return {"people_all_attributes": float(np.mean(all_right)),
             "bio_first_token_accuracy": float(first.mean()),
@@ -229,7 +230,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     task, extras = make_task(config, jax.device_count())
     summary = train.train_and_evaluate(config, workdir, task)
     summary.update(_score_people(config, workdir, task, extras))
-    run_io.write_json_atomic(os.path.join(workdir, run_io.SUMMARY_FILE), summary)
+    if distributed.is_primary():
+        run_io.write_json_atomic(os.path.join(workdir, run_io.SUMMARY_FILE), summary)
     rows = run_io.read_metrics(workdir)
     plotting.metric_lines(
         rows, [{a: f"bio_{a}_exact_match" for a in synbio.ATTRIBUTES}, {"web": "web_val_loss"}],

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 from phasemix import validation
@@ -43,8 +45,8 @@ class Checkpointer:
         """
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(data_iterator)))
+                state=ocp.args.StandardRestore(abstract_state)))
+            data_iterator.set_state(self._data_state(step))
         except Exception as e:  # orbax raises many types for damaged files
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} is corrupt or incompatible with this "
@@ -52,6 +54,22 @@ class Checkpointer:
                 "that folder away to resume from an earlier checkpoint, or use a new --workdir."
             ) from e
         return restored.state
+
+    def _data_state(self, step: int) -> Any:
+        """The iterator state saved at `step`, also when another number of processes saved it.
+
+        grain's handler writes one `process_<i>-of-<n>.json` per process and reads back only the
+        file of the same i and n. Every process of a phasemix run walks the same steps (it takes
+        its rows of each global batch), so the files are equal and any one of them will do.
+        """
+        folder = self.directory / str(step) / "data"
+        own = folder / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        files = [own] if own.exists() else sorted(folder.glob("process_*-of-*.json"))
+        states = {f.read_text() for f in files}
+        if len(states) != 1:
+            raise ValueError(f"{folder} holds {len(files)} iterator files with {len(states)} "
+                             "different states; expected one state")
+        return json.loads(states.pop())
 
     def restore_state(self, step: int, abstract_state: Any) -> Any:
         """The train state alone (for analysis), without touching any data iterator."""

@@ -1,4 +1,9 @@
-"""The shared `main` of experiment entry points: flags, quiet logs, clear config errors."""
+"""The shared `main` of experiment entry points: flags, quiet logs, clear config errors.
+
+Multi-process flags (see launch/README.md): --coordinator_address, --num_processes and
+--process_id start a job by hand; inside a SLURM step with several tasks, or on a TPU VM, they
+are found automatically; --distributed=off forces one process.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,12 @@ import logging as std_logging
 import sys
 from typing import Any, Callable
 
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from phasemix import validation
+from phasemix import distributed, validation
 
-RunFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
+RunFn = Callable[..., dict[str, Any]]  # (config, workdir[, shard=...]) -> summary
 
 
 def _not_orbax(record) -> bool:
@@ -21,21 +25,58 @@ def _not_orbax(record) -> bool:
     return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
-def main(run: RunFn, config_file: str, default_workdir: str) -> None:
-    """Defines --config (path[:variant]) and --workdir, then runs `run(config, workdir)`."""
+def _define_distributed_flags() -> None:
+    flags.DEFINE_string("coordinator_address", None,
+                        "host:port of process 0, which runs the coordinator (multi-process).")
+    flags.DEFINE_integer("num_processes", None, "How many processes the job has.")
+    flags.DEFINE_integer("process_id", None, "This process's index, in [0, num_processes).")
+    flags.DEFINE_enum("distributed", "auto", ["auto", "off"],
+                      "auto: use the flags above, else SLURM's or the TPU VM's environment.")
+    flags.DEFINE_float("distributed_timeout", distributed.DEFAULT_TIMEOUT_S,
+                       "Seconds to reach the coordinator and for every process to join.")
+    flags.DEFINE_integer("heartbeat_timeout", distributed.DEFAULT_HEARTBEAT_TIMEOUT_S,
+                         "Seconds of silence after which a process counts as dead and the "
+                         "others stop.")
+
+
+def _start_distributed() -> None:
+    f = flags.FLAGS
+    launch = distributed.detect(f.coordinator_address, f.num_processes, f.process_id,
+                                mode=f.distributed)
+    distributed.initialize(launch, f.distributed_timeout, f.heartbeat_timeout)
+    if launch.multi_process and not distributed.is_primary():
+        logging.set_verbosity(logging.WARNING)  # process 0 reports progress for the job
+
+
+def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False) -> None:
+    """Defines --config (path[:variant]) and --workdir, then runs `run(config, workdir)`.
+
+    With `sweep`, also --shard=i/n: run only that part of the grid, as `run(..., shard=...)`.
+    """
     config_flags.DEFINE_config_file("config", default=config_file,
                                     help_string="Config file, path[:variant].")
     flags.DEFINE_string("workdir", default_workdir, "Output folder; re-running resumes it.")
+    _define_distributed_flags()
+    if sweep:
+        flags.DEFINE_string("shard", None, "i/n: run only part i (0-based) of n of the grid, "
+                            "e.g. from a SLURM job array; the parts share one results table.")
 
     def _main(argv: list[str]) -> None:
         del argv
         logging.get_absl_handler().addFilter(_not_orbax)
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         try:
-            summary = run(config, workdir)
+            _start_distributed()
+            if sweep:
+                from phasemix import sweep as sweep_lib
+
+                summary = run(config, workdir, shard=sweep_lib.parse_shard(flags.FLAGS.shard))
+            else:
+                summary = run(config, workdir)
         except validation.ConfigError as e:
             sys.exit(f"error: {e}")
-        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
-        print(f"outputs in {workdir}")
+        if distributed.is_primary():
+            print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+            print(f"outputs in {workdir}")
 
     app.run(_main)

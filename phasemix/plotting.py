@@ -10,10 +10,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from phasemix import distributed  # noqa: E402
+
 
 def _save(fig, path: str | os.PathLike) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    if distributed.is_primary():  # in a multi-process job, one process writes each file
+        fig.savefig(path, dpi=120)
     plt.close(fig)
 
 

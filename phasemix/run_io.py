@@ -98,6 +98,13 @@ def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDic
     error: resuming it would splice two different runs together. Nothing is written before
     that check passes.
     """
+    workdir = check_workdir(workdir, config)
+    write_config(workdir, config)
+    return workdir
+
+
+def check_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> pathlib.Path:
+    """The checks of `prepare_workdir`, writing nothing (every process of a job runs them)."""
     workdir = pathlib.Path(workdir)
     config_path = workdir / CONFIG_FILE
     wanted = config_to_dict(config)
@@ -122,12 +129,15 @@ def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDic
     elif (workdir / CHECKPOINT_DIR).exists():
         raise validation.ConfigError(
             f"--workdir={workdir} holds checkpoints but no {CONFIG_FILE}; use a new --workdir")
+    return workdir
+
+
+def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(config_path, wanted)
+        write_json_atomic(workdir / CONFIG_FILE, config_to_dict(config))
     except OSError as e:
         raise validation.ConfigError(f"--workdir={workdir} is not writable: {e}") from e
-    return workdir
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -9,6 +9,10 @@ Runs execute one after another in this process (`workers=1`), in `workers` spawn
 each pinned to one XLA CPU thread so that the processes do not fight over the cores, or
 (`group_fn` given) as groups of runs that differ only in seed, each group one vmapped program.
 Which is fastest depends on the machine: `benchmarks/sweep_runner.py` measures it.
+
+On a cluster, `shard=Shard(i, n)` runs only every n-th run of the grid, from the i-th: n jobs
+(a SLURM job array, a loop over TPU VMs) share the sweep folder, and each rewrites the table
+with every run finished so far, by any of them, so that it ends as the unsharded sweep's.
 """
 
 from __future__ import annotations
@@ -17,19 +21,22 @@ import concurrent.futures
 import contextlib
 import copy
 import csv
+import dataclasses
 import io
 import itertools
 import multiprocessing
 import os
 import pathlib
 import re
+import socket
+import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 from absl import logging
 
-from phasemix import progress, run_io, validation
+from phasemix import distributed, progress, run_io, validation
 
 RunFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
 # Trains runs that differ only in seed as one vmapped program: (configs, workdirs) -> summaries.
@@ -37,9 +44,37 @@ GroupRunFn = Callable[[list[ml_collections.ConfigDict], list[str]], list[dict[st
 ValidateFn = Callable[[ml_collections.ConfigDict], None]
 RESULTS_FILE = "results.csv"
 RUNS_DIR = "runs"
+RUN_SECONDS_FILE = "sweep_seconds.json"  # in a run's folder: the sweep's wall time for it
 # One XLA CPU thread per process: with one process per core the processes then share the
 # machine instead of oversubscribing it.
 SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Part `index` (0-based) of `count`: the runs at grid positions index, index + count, ..."""
+
+    index: int
+    count: int
+
+    def owns(self, position: int) -> bool:
+        return position % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str | None) -> Shard | None:
+    """'i/n' (the --shard flag) -> Shard(i, n); None or '' -> the whole grid."""
+    if not text:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None:
+        validation.fail_flag("shard", "must be i/n, e.g. 0/4 for the first of 4 parts", text)
+    index, count = int(match[1]), int(match[2])
+    validation.require_flag(count >= 1 and index < count, "shard",
+                            f"needs 0 <= i < n (i is 0-based), got i={index}, n={count}", text)
+    return Shard(index, count)
 
 
 def grid(axes: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -90,23 +125,30 @@ def apply_overrides(base: ml_collections.ConfigDict,
     return config
 
 
-def _finished(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-    """The run's summary if it completed with exactly this config, else None."""
+def _finished(workdir: pathlib.Path,
+              config: ml_collections.ConfigDict) -> tuple[dict[str, Any], float | None] | None:
+    """The run's summary and sweep seconds if it completed with exactly this config, else None."""
     try:
         if run_io.read_json(workdir / run_io.CONFIG_FILE) != run_io.config_to_dict(config):
             return None
         summary = run_io.read_json(workdir / run_io.SUMMARY_FILE)
     except (OSError, ValueError):
         return None
-    return summary if summary.get("final_step") == config.get("num_steps") else None
+    if summary.get("final_step") != config.get("num_steps"):
+        return None
+    try:  # absent for runs finished before the sweep recorded it
+        seconds = run_io.read_json(workdir / RUN_SECONDS_FILE)["run_seconds"]
+    except (OSError, ValueError, KeyError):
+        seconds = None
+    return summary, seconds
 
 
 def _check_writable(sweep_dir: pathlib.Path) -> None:
     try:
         (sweep_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
-        probe = sweep_dir / ".write_probe"
-        probe.write_text("")
-        probe.unlink()
+        # A name of its own: shards on other hosts may probe the same folder at the same time.
+        with tempfile.NamedTemporaryFile(dir=sweep_dir, prefix=".write_probe."):
+            pass
     except OSError as e:
         raise validation.ConfigError(f"--workdir={sweep_dir} is not writable: {e}") from e
 
@@ -121,7 +163,8 @@ def write_table(rows: Iterable[Mapping[str, Any]], path: pathlib.Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A temporary name of its own, as several shards may rewrite the table at once.
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     tmp.write_text(buffer.getvalue())
     os.replace(tmp, path)
 
@@ -179,14 +222,20 @@ def _seed_groups(todo: list[tuple[str, ml_collections.ConfigDict]]) -> list[list
 
 def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, Any]],
               sweep_dir: str | os.PathLike, run_fn: RunFn, validate_fn: ValidateFn | None = None,
-              workers: int = 1, group_fn: GroupRunFn | None = None) -> list[dict[str, Any]]:
-    """Runs every override set not yet finished and returns the table's rows (grid order).
+              workers: int = 1, group_fn: GroupRunFn | None = None,
+              shard: Shard | None = None) -> list[dict[str, Any]]:
+    """Runs every override set not yet finished (of `shard`'s part only, if given) and returns
+    the table's rows (grid order): every run finished so far, whichever shard ran it.
 
     Everything is checked before the first run starts: an empty grid, unknown fields, two
     runs that would share a folder, invalid configs (`validate_fn`), an unwritable folder.
+    In a job of several processes the runs are trained by all of them, one after another.
     """
     if not overrides:
         raise validation.ConfigError("the sweep grid is empty: nothing to run")
+    if workers > 1 and distributed.is_multi_process():
+        validation.fail("workers", "must be 1 in a multi-process job, whose processes train "
+                        "each run together; use --shard to spread runs over jobs", workers)
     sweep_dir = pathlib.Path(sweep_dir)
     runs = []
     for override in overrides:
@@ -204,16 +253,21 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     _check_writable(sweep_dir)
 
     results: dict[str, tuple[dict[str, Any], float | None]] = {}
-    todo = []
-    for name, _, config in runs:
-        summary = _finished(sweep_dir / RUNS_DIR / name, config)
-        if summary is None:
-            todo.append((name, config))
-        else:
-            results[name] = (summary, None)
+
+    def collect_finished() -> None:  # including those other shards finished meanwhile
+        for name, _, config in runs:
+            if name not in results:
+                found = _finished(sweep_dir / RUNS_DIR / name, config)
+                if found is not None:
+                    results[name] = found
+
+    collect_finished()
+    todo = [(name, config) for position, (name, _, config) in enumerate(runs)
+            if name not in results and (shard is None or shard.owns(position))]
     mode = "vmapped seed groups" if group_fn else f"{workers} worker(s)"
-    print(f"sweep {sweep_dir}: {len(runs)} runs, {len(results)} already finished, "
-          f"{len(todo)} to run with {mode}", flush=True)
+    part = "" if shard is None else f" in shard {shard}"
+    _say(f"sweep {sweep_dir}: {len(runs)} runs, {len(results)} already finished, "
+        f"{len(todo)} to run{part} with {mode}")
 
     def table_rows() -> list[dict[str, Any]]:
         rows = []
@@ -230,8 +284,13 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
 
     def record(name: str, summary: dict[str, Any], seconds: float) -> None:
         results[name] = (summary, seconds)
-        write_table(table_rows(), sweep_dir / RESULTS_FILE)
-        print(bar.line(len(results), f"finished {name} in {seconds:.0f}s"), flush=True)
+        if distributed.is_primary():
+            run_io.write_json_atomic(sweep_dir / RUNS_DIR / name / RUN_SECONDS_FILE,
+                                     {"run_seconds": seconds})
+        collect_finished()
+        if distributed.is_primary():
+            write_table(table_rows(), sweep_dir / RESULTS_FILE)
+        _say(bar.line(len(results), f"finished {name} in {seconds:.0f}s"))
 
     if group_fn is not None:
         for group in _seed_groups(todo):
@@ -252,6 +311,13 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
                        name for name, config in todo}
             for future in concurrent.futures.as_completed(futures):
                 record(futures[future], *future.result())
+    collect_finished()
     rows = table_rows()
-    write_table(rows, sweep_dir / RESULTS_FILE)
+    if distributed.is_primary():
+        write_table(rows, sweep_dir / RESULTS_FILE)
     return rows
+
+
+def _say(line: str) -> None:
+    if distributed.is_primary():
+        print(line, flush=True)

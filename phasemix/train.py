@@ -3,10 +3,15 @@
 An experiment builds a `Task` (model hyper-parameters, loss, batches, evaluation sets, summary)
 and calls `train_and_evaluate(config, workdir, task)`. Re-running the same command on the same
 workdir resumes from the last checkpoint; SIGTERM saves a checkpoint before exiting.
+
+Several processes (`phasemix.distributed`) run the same loop over one mesh of all their
+devices: each feeds its rows of every batch, all save the checkpoint together, and process 0
+alone writes metrics, summaries and figures. A checkpoint resumes on any number of processes.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import pathlib
@@ -24,9 +29,11 @@ import numpy as np
 import optax
 from absl import logging
 
-from phasemix import (batching, checkpointing, compilation, losses, model as model_lib, optimizer as
-                      optimizer_lib, params as params_lib, plotting, progress, run_io, sharding,
-                      validation)
+from jax.experimental import multihost_utils
+
+from phasemix import (batching, checkpointing, compilation, distributed, losses, model as model_lib,
+                      optimizer as optimizer_lib, params as params_lib, plotting, progress, run_io,
+                      sharding, validation)
 
 LossFn = Callable[[jax.Array, dict[str, jax.Array]], tuple[jax.Array, losses.Metrics]]
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect
@@ -113,6 +120,9 @@ def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) ->
     for field in ("batch_size", "eval_batch_size"):
         validation.require(config[field] % num_devices == 0, field,
                            f"must be a multiple of the {num_devices} devices", config[field])
+    fsdp = config.get("fsdp", 1)  # optional: experiments whose models need it add the field
+    validation.require(isinstance(fsdp, int) and fsdp >= 1 and num_devices % fsdp == 0, "fsdp",
+                       f"must be a positive divisor of the {num_devices} devices", fsdp)
     validation.require(config.model.init_scale > 0, "model.init_scale", "must be positive",
                        config.model.init_scale)
     optimizer_lib.validate(config.opt)
@@ -121,12 +131,13 @@ def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) ->
 class _SigtermFlag:
     """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
         self.raised = False
+        self._enabled = enabled
         self._previous = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if self._enabled and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
@@ -157,7 +168,8 @@ class Programs:
 
 def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh,
                    num_runs: int | None = None) -> Programs:
-    """jit with explicit shardings: state replicated, batches split over the 'data' axis."""
+    """jit with explicit shardings: batches split over every device; the state replicated, or
+    split over the mesh's 'fsdp' axis if it has one."""
     model = model_lib.Transformer(task.model_config)
     optimizer = optimizer_lib.make_optimizer(config.opt, config.num_steps)
     tokens = jnp.asarray(task.train_batches[0]["inputs"][:1])
@@ -173,22 +185,23 @@ def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.shar
         batch_axis = 1
 
     def with_sharding(abstract):
-        return jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)),
-            abstract)
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, sharding.tree_shardings(abstract, mesh))
 
     one_key = jax.random.key(0)
     keys = one_key if num_runs is None else jax.random.split(one_key, num_runs)
-    state_sharding = sharding.tree_replicated(jax.eval_shape(init_fn, keys), mesh)
+    state_sharding = sharding.tree_shardings(jax.eval_shape(init_fn, keys), mesh)
     single = functools.partial(init_state, tokens_BxL=tokens, model=model, optimizer=optimizer,
                                init_scale=config.model.init_scale)
+    # Outputs read on the host are replicated: with several processes, a host can only read
+    # an array whose every element is on its own devices.
     step = jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh, batch_axis)),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     return Programs(
         init=jax.jit(init_fn, out_shardings=state_sharding),
         step=step,
-        evaluate=jax.jit(eval_fn),
-        norms=jax.jit(norms_fn),
+        evaluate=jax.jit(eval_fn, out_shardings=sharding.replicated(mesh)),
+        norms=jax.jit(norms_fn, out_shardings=sharding.replicated(mesh)),
         abstract_state=with_sharding(jax.eval_shape(single, one_key)),
         batch_axis=batch_axis)
 
@@ -204,11 +217,20 @@ def _unstack(tree: Any, num_runs: int) -> list[Any]:
 class _Run:
     """One run's files: workdir, checkpoints, data iterator and metrics writer."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task,
+                 rows: slice | None):
         self.config, self.task = config, task
-        self.workdir = run_io.prepare_workdir(workdir, config)
+        # Every process checks the workdir before any writes to it, so that a refused workdir
+        # stops all of them with the same error; then process 0 alone writes.
+        self.workdir = run_io.check_workdir(workdir, config)
+        distributed.barrier("workdir_checked")
+        if distributed.is_primary():
+            run_io.write_config(self.workdir, config)
+        distributed.barrier("workdir_written")
         self.checkpointer = checkpointing.Checkpointer(self.workdir / run_io.CHECKPOINT_DIR)
-        self.data_iter = batching.iterate(task.train_batches)
+        batches = task.train_batches if rows is None else batching.process_shard(
+            task.train_batches, rows)
+        self.data_iter = batching.iterate(batches)
         self.start_step = self.checkpointer.latest_step() or 0
         self.writer: run_io.MetricsWriter | None = None
         self.elapsed_before = 0.0
@@ -228,9 +250,10 @@ class _Run:
                    # train step and evaluation: 0 unless something retraces in the loop.
                    "recompilations": sum(compiled.values())}
         for key, value in rows[-1].items():
-            if key.endswith(("_accuracy", "_loss")) and not key.startswith("batch"):
+            if key.endswith(("_accuracy", "_loss", "_exact_match")) and not key.startswith("batch"):
                 summary[f"final_{key}"] = value
-        run_io.write_json_atomic(self.workdir / run_io.SUMMARY_FILE, summary)
+        if distributed.is_primary():
+            run_io.write_json_atomic(self.workdir / run_io.SUMMARY_FILE, summary)
         return summary
 
     def close(self) -> None:
@@ -267,11 +290,18 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
     num_runs = len(configs)
     compilation.start_counting()
     warm: dict[str, Any] = {}  # the compilation counts once every program has run
-    mesh = sharding.make_mesh()
     for c, t in zip(configs, tasks):
-        validate_loop_config(c, sharding.num_data_shards(mesh))
+        validate_loop_config(c, jax.device_count())
         t.model_config.validate()
-    runs = [_Run(c, w, t) for c, w, t in zip(configs, workdirs, tasks)]
+    fsdp = config.get("fsdp", 1)
+    if vectorized and fsdp > 1:
+        validation.fail("fsdp", "is not supported for vmapped runs: train them one by one", fsdp)
+    mesh = sharding.make_mesh(fsdp=fsdp)
+    multi_process = jax.process_count() > 1
+    rows = None  # each process reads its rows of every global batch
+    if multi_process:
+        rows = sharding.process_rows(mesh, len(task.train_batches[0]["inputs"]))
+    runs = [_Run(c, w, t, rows) for c, w, t in zip(configs, workdirs, tasks)]
     try:
         starts = {run.start_step for run in runs}
         if len(starts) > 1:
@@ -285,18 +315,19 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
             padded = [batching.pad_and_stack(t.eval_sets[name], config.eval_batch_size)
                       for t in tasks]
             host = _stack(padded) if vectorized else padded[0]
-            eval_sets[name] = sharding.put_batch(host, mesh, batch_axis=programs.batch_axis + 1)
+            eval_sets[name] = sharding.put_global(host, mesh, batch_axis=programs.batch_axis + 1)
 
         if start_step:
             states = [run.restore(programs.abstract_state) for run in runs]
-            state = _stack(jax.device_get(states)) if vectorized else states[0]
+            state = states[0]
             if vectorized:
-                state = jax.device_put(state, sharding.replicated(mesh))
+                state = sharding.put_replicated(_stack(jax.device_get(states)), mesh)
         else:
             keys = [jax.random.key(c.seed) for c in configs]
             state = programs.init(jnp.stack(keys) if vectorized else keys[0])
-        for run in runs:
-            run.writer = run_io.MetricsWriter(run.workdir, resume_step=start_step)
+        if distributed.is_primary():
+            for run in runs:
+                run.writer = run_io.MetricsWriter(run.workdir, resume_step=start_step)
         bar = progress.Progress(config.num_steps, start_step)
         t0 = time.monotonic()
 
@@ -316,27 +347,37 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                     row.update({k: float(v) for k, v in metrics.items()})
             if task.snapshot is not None:  # picked on device: only the chosen arrays move
                 for run, arrays in zip(runs, per_run(task.snapshot(state.params))):
-                    run_io.write_npz_atomic(run.workdir / run_io.SNAPSHOT_DIR / f"{step}.npz",
-                                            arrays)
+                    if run.writer is not None:
+                        run_io.write_npz_atomic(
+                            run.workdir / run_io.SNAPSHOT_DIR / f"{step}.npz", arrays)
             for run, row in zip(runs, rows):
                 row["elapsed_seconds"] = run.elapsed_before + time.monotonic() - t0
                 if not all(np.isfinite(v) for v in row.values()):
                     raise FloatingPointError(f"non-finite metrics at step {step}: {row}")
-                run.writer.write(row)
+                if run.writer is not None:  # process 0
+                    run.writer.write(row)
             warm.setdefault("logged", True)
             shown = " ".join(f"{k}={rows[0][k]:.3f}" for k in rows[0]
                              if k.endswith("accuracy") and not k.startswith("batch"))
             logging.info("%s", bar.line(step, shown))
 
         def save(step: int) -> None:
+            # Orbax compiles a few programs at its first save across processes (it slices
+            # replicated arrays so that each process writes a part): once, so not counted.
+            before = None if "saved" in warm else compilation.snapshot()
             states = [state]
             if vectorized:  # split on the host: slicing device arrays would compile per leaf
-                states = [jax.device_put(s, sharding.replicated(mesh))
+                states = [sharding.put_replicated(s, mesh)
                           for s in _unstack(jax.device_get(state), num_runs)]
             for run, run_state in zip(runs, states):
                 run.checkpointer.save(step, run_state, run.data_iter)
+            if before is not None:  # (before the first evaluation they fall in the baseline)
+                warm["saved"] = (compilation.snapshot() - before if "compiled" in warm
+                                 else collections.Counter())
 
-        with _SigtermFlag() as sigterm:
+        # One process handles SIGTERM itself; several agree, through JAX's preemption service
+        # (which catches SIGTERM on each), on the first step all of them reach, and save there.
+        with _SigtermFlag(enabled=not multi_process) as sigterm:
             if start_step == 0:
                 log_rows(0, None)
             for step in range(start_step, config.num_steps):
@@ -351,8 +392,11 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                     warm["compiled"] = compilation.snapshot()
                 if done % config.checkpoint_every == 0 or done == config.num_steps:
                     save(done)
-                if sigterm.raised and done < config.num_steps:
-                    save(done)
+                preempted = (multihost_utils.reached_preemption_sync_point(done)
+                             if multi_process else sigterm.raised)
+                if preempted and done < config.num_steps:
+                    if done % config.checkpoint_every:  # else saved just above
+                        save(done)
                     for run in runs:
                         run.checkpointer.wait()
                     logging.warning("SIGTERM: saved step %d; re-run the same command to resume.",
@@ -364,9 +408,11 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
         for run in runs:
             run.close()
     compiled = compilation.snapshot() - warm.get("compiled", compilation.snapshot())
+    compiled -= warm.get("saved", collections.Counter())
     if compiled:
         logging.warning("compiled in the training loop after the first step (slow): %s",
                         dict(compiled))
+    distributed.barrier("metrics_closed")  # process 0 has written every row the summary reads
     return [run.summarize(compiled) for run in runs]
 
 

@@ -31,3 +31,14 @@ def require_positive(config: Any, *fields: str) -> None:
         for part in field.split("."):
             value = value[part]
         require(value is not None and value > 0, field, "must be positive", value)
+
+
+def fail_flag(flag: str, message: str, value: Any = None) -> None:
+    """Like `fail`, for a command-line flag that is not in the config (e.g. --num_processes)."""
+    shown = "" if value is None else f"={value!r}"
+    raise ConfigError(f"--{flag}{shown}: {message}")
+
+
+def require_flag(condition: bool, flag: str, message: str, value: Any = None) -> None:
+    if not condition:
+        fail_flag(flag, message, value)

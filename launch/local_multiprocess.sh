@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Starts N processes of a phasemix entry point on this machine, joined over loopback with CPU
+# collectives (gloo): the multi-host code path of a cluster job, on one machine, for testing.
+#
+#   launch/local_multiprocess.sh 2 experiments.grokking \
+#       --config=experiments/grokking.py:smoke --workdir=/tmp/grokking_2proc
+#
+# Process 0 prints to this terminal; process i > 0 writes to $LOG_DIR/process_<i>.log.
+# If any process fails, the others are stopped and this script exits with the first failure's
+# status, so nothing is left waiting on a dead peer. Re-running the same command resumes.
+#
+# Environment (all optional):
+#   PYTHON      the interpreter (default: python3)
+#   PORT        the coordinator's port on localhost (default: a free one)
+#   LOG_DIR     where processes 1..N-1 log (default: a new temporary folder)
+#   JAX_PLATFORMS  default cpu, so a machine with a GPU still tests the CPU path
+#   GRACE       seconds the others get to stop after a failure before SIGKILL (default 20)
+set -euo pipefail
+
+if [[ $# -lt 2 || ! $1 =~ ^[1-9][0-9]*$ ]]; then
+  echo "usage: $0 NUM_PROCESSES MODULE [FLAGS...]   e.g. $0 2 experiments.grokking --workdir=/tmp/g" >&2
+  exit 2
+fi
+num_processes=$1
+module=$2
+shift 2
+
+python=${PYTHON:-python3}
+port=${PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+log_dir=${LOG_DIR:-$(mktemp -d -t phasemix_local.XXXXXX)}
+grace=${GRACE:-20}
+mkdir -p "$log_dir"
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+
+pids=()
+stop_all() {
+  local signal=$1
+  for pid in "${pids[@]}"; do
+    kill "-$signal" "$pid" 2>/dev/null || true
+  done
+}
+# Ctrl-C or a scheduler's SIGTERM reaches every process (each saves a checkpoint on SIGTERM).
+trap 'stop_all TERM' INT TERM
+
+for ((i = 0; i < num_processes; i++)); do
+  flags=(--coordinator_address="127.0.0.1:$port" --num_processes="$num_processes" --process_id="$i")
+  if ((i == 0)); then
+    "$python" -m "$module" "${flags[@]}" "$@" &
+  else
+    "$python" -m "$module" "${flags[@]}" "$@" >"$log_dir/process_$i.log" 2>&1 &
+  fi
+  pids+=($!)
+done
+echo "started $num_processes processes (coordinator 127.0.0.1:$port); logs of 1..$((num_processes - 1)) in $log_dir" >&2
+
+status=0
+for ((left = num_processes; left > 0; left--)); do
+  if wait -n; then
+    continue
+  else
+    status=$?
+  fi
+  echo "a process exited with status $status; stopping the others" >&2
+  stop_all TERM
+  for ((waited = 0; waited < grace; waited++)); do
+    alive=0
+    for pid in "${pids[@]}"; do
+      if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+    done
+    ((alive)) || break
+    sleep 1
+  done
+  stop_all KILL
+  wait || true
+  for ((i = 1; i < num_processes; i++)); do
+    echo "--- last lines of $log_dir/process_$i.log" >&2
+    tail -n 5 "$log_dir/process_$i.log" >&2 || true
+  done
+  break
+done
+exit "$status"
