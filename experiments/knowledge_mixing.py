@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from typing import Any
 
 import grain
@@ -185,6 +186,7 @@ def _score_people(config, workdir, task, extras) -> dict[str, Any]:
     import jax.numpy as jnp
 
     params = train.restore_params(config, workdir, task)
+    start = time.monotonic()
     model = model_lib.Transformer(task.model_config)
     bio, tok, final_people = extras["synbio"], extras["tokenizer"], extras["final_people"]
     queries = bio.queries(final_people)
@@ -215,10 +217,11 @@ def _score_people(config, workdir, task, extras) -> dict[str, Any]:
         run_io.write_json_atomic(os.path.join(workdir, "samples.json"), [
             {"prompt": q.prompt, "gold": q.value, "generated": tok.detokenize(ids)}
             for q, ids in zip(sample, new)])
+    seconds = time.monotonic() - start  # all queries, compilation included
     attribute = np.array([q.attribute for q in queries])
     return {"people_all_attributes": float(np.mean(all_right)),
             "bio_first_token_accuracy": float(first.mean()),
-            "final_people_scored": len(final_people),
+            "final_people_scored": len(final_people), "final_scoring_seconds": seconds,
             **{f"final_accuracy_{a}": float(exact[attribute == a].mean())
                for a in synbio.ATTRIBUTES},
             "final_bio_accuracy": float(exact.mean())}
@@ -229,6 +232,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     task, extras = make_task(config, jax.device_count())
     summary = train.train_and_evaluate(config, workdir, task)
+    if distributed.is_primary():  # the run's vocabulary travels with its checkpoints
+        extras["tokenizer"].save(os.path.join(workdir, "tokenizer.json"))
     summary.update(_score_people(config, workdir, task, extras))
     if distributed.is_primary():
         run_io.write_json_atomic(os.path.join(workdir, run_io.SUMMARY_FILE), summary)

@@ -63,7 +63,7 @@ def test_smoke_run_writes_the_contract_with_an_exact_ratio(tmp_path):
     assert 0 <= summary["bio_accuracy"] <= 1 and summary["exposures_min"] >= 1
     assert summary["params"] > summary["non_embedding_params"] > 0
     for name in ("config.json", "metrics.jsonl", "summary.json", "knowledge_curves.png",
-                 "samples.json"):
+                 "samples.json", "tokenizer.json"):
         assert (tmp_path / name).exists(), name
     on_disk = run_io.read_json(tmp_path / "summary.json")
     assert on_disk["people_all_attributes"] == summary["people_all_attributes"]
