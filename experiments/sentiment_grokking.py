@@ -43,7 +43,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         train_fraction=0.25,  # of the train split (5,000 reviews), nested for one seed
         limit=ml_collections.config_dict.placeholder(int),  # keep only the first N of each split
         vocab_size=10_000,  # word-level, built from the train split only
-        max_len=96,  # tokens including the leading CLS; longer reviews are truncated
+        max_len=256,  # tokens incl. the leading CLS (median review: 209); longer are truncated
         eval_train_count=2000,  # evaluate on fixed seeded subsets, to keep evaluation cheap
         eval_test_count=2000,
         memorized_at=0.99,  # train accuracy that counts as memorised
@@ -52,9 +52,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     ))
     config.model = ml_collections.ConfigDict(dict(
         num_layers=1,
-        d_model=64,
-        num_heads=2,  # head width 32, as the paper's 128 / 4
-        d_mlp=256,
+        d_model=32,
+        num_heads=1,  # head width 32, as the paper's 128 / 4
+        d_mlp=128,
         activation="gelu",
         pos_embedding="learned",
         pooling="mean",  # masked mean over real tokens (cls: the leading CLS token)
@@ -62,14 +62,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         dtype="float32",
     ))
     config.opt = optimizer.default_config()
-    config.opt.lr = 1e-3
+    config.opt.lr = 2e-3
     # The paper uses 1e-2 over 700k steps; on a CPU budget of thousands of steps a larger
     # decay is what lets the alpha-scaled weights shrink within the run.
     config.opt.weight_decay = 1.0
     config.opt.schedule = "wsd"
     config.batch_size = 128
-    config.num_steps = 2000  # 8.5 min here; test accuracy is still rising at the end
-    config.eval_every = 100
+    config.num_steps = 3000
+    config.eval_every = 150
     config.eval_batch_size = 500
     config.checkpoint_every = 1000
     if variant == "smoke":
