@@ -186,7 +186,7 @@ def _score_people(config, workdir, task, extras) -> dict[str, Any]:
     import jax.numpy as jnp
 
     params = train.restore_params(config, workdir, task)
-    start = time.monotonic()
+    began = time.monotonic()
     model = model_lib.Transformer(task.model_config)
     bio, tok, final_people = extras["synbio"], extras["tokenizer"], extras["final_people"]
     queries = bio.queries(final_people)
@@ -217,7 +217,7 @@ def _score_people(config, workdir, task, extras) -> dict[str, Any]:
         run_io.write_json_atomic(os.path.join(workdir, "samples.json"), [
             {"prompt": q.prompt, "gold": q.value, "generated": tok.detokenize(ids)}
             for q, ids in zip(sample, new)])
-    seconds = time.monotonic() - start  # all queries, compilation included
+    seconds = time.monotonic() - began  # all queries and the samples, compilation included
     attribute = np.array([q.attribute for q in queries])
     return {"people_all_attributes": float(np.mean(all_right)),
             "bio_first_token_accuracy": float(first.mean()),
