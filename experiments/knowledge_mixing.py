@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pathlib
 import time
 from typing import Any
 
@@ -27,10 +28,13 @@ import ml_collections
 import numpy as np
 
 from phasemix import cli, decoding, distributed, knowledge, losses, mixture, model as model_lib, optimizer
-from phasemix import plotting, presets, run_io, synbio, tokenizer, train, validation, web_text
+from phasemix import (plotting, presets, run_io, sweep, synbio, tokenizer, train, transitions,
+                      validation, web_text)
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "knowledge")
 ATTRIBUTE_SETS = tuple(f"bio_{a}" for a in synbio.ATTRIBUTES)
+MIN_BIO_TOKENS = 20_000
+PEOPLE_FILE = "people.csv"  # per scored person: exposures and exact-match accuracy
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -90,8 +94,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """The checks that need no data, so a sweep can run them for every run first."""
-    validation.require(0 < config.ratio <= 1, "ratio", "must be in (0, 1] (1: SynBio alone)",
-                       config.ratio)
+    validation.require(0 <= config.ratio <= 1, "ratio",
+                       "must be in [0, 1] (0: web text alone, 1: SynBio alone)", config.ratio)
     validation.require(0 < config.mix.keep_fraction <= 1, "mix.keep_fraction",
                        "must be in (0, 1]", config.mix.keep_fraction)
     validation.require(0 <= config.mix.compact_fraction < 1, "mix.compact_fraction",
@@ -124,7 +128,10 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[
     validation.require(batch_size > 0, "batch_size", f"must be >= the {num_devices} devices")
     weights = [config.ratio, 1 - config.ratio]
     bio_rows = int(mixture.apportion(weights, config.num_steps * batch_size)[0])
-    bios = knowledge.bio_stream(bio, tok, bio_rows * (config.seq_len + 1) + 1,
+    # At least MIN_BIO_TOKENS, so that tokens_per_bio is an average even when few (r = 0:
+    # none) are trained on; the stream's prefix does not depend on its length.
+    bios = knowledge.bio_stream(bio, tok, max(bio_rows * (config.seq_len + 1) + 1,
+                                              MIN_BIO_TOKENS),
                                 config.synbio.seed, people, config.mix.compact_fraction)
     web = knowledge.web_stream(tok, web_train.texts, config.seed, config.cache_dir)
     batches = mixture.MixtureBatches([bios.tokens, web], weights, batch_size, config.seq_len,
@@ -152,6 +159,8 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[
         "exposures_mean": float(np.mean(trained)),
         "exposures_min": int(np.min(trained)),
         "exposures_max": int(np.max(trained)),
+        # Tokens per drawn biography, its separator included: T of the capacity theory.
+        "tokens_per_bio": float(bios.end_D[-1] / len(bios.end_D)),
         "web_epochs": float(batches.epochs()[1]), **counts,
     }
     task = train.Task(
@@ -160,7 +169,7 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[
         train_batches=grain.MapDataset.source(batches),
         eval_sets=eval_sets,
         summarize=functools.partial(summarize, **facts))
-    return task, {"tokenizer": tok, "synbio": bio,
+    return task, {"tokenizer": tok, "synbio": bio, "exposures": exposures,
                   "final_people": trained_people[:config.final_eval_people]}
 
 
@@ -221,12 +230,33 @@ def _score_people(config, workdir, task, extras) -> dict[str, Any]:
             for q, ids in zip(sample, new)])
     seconds = time.monotonic() - began  # all queries and the samples, compilation included
     attribute = np.array([q.attribute for q in queries])
-    return {"people_all_attributes": float(np.mean(all_right)),
+    return {**_per_person(workdir, person[exact], person, final_people, extras["exposures"]),
+            "people_all_attributes": float(np.mean(all_right)),
             "bio_first_token_accuracy": float(first.mean()),
             "final_people_scored": len(final_people), "final_scoring_seconds": seconds,
             **{f"final_accuracy_{a}": float(exact[attribute == a].mean())
                for a in synbio.ATTRIBUTES},
             "final_bio_accuracy": float(exact.mean())}
+
+
+def _per_person(workdir: str, person_right: np.ndarray, person_asked: np.ndarray,
+                people: np.ndarray, exposures_N: np.ndarray) -> dict[str, Any]:
+    """Writes people.csv (exposures and accuracy of each scored person) and, when exposures
+    vary (power-law popularity), the exposure count at which half the answers are right."""
+    num = len(exposures_N)
+    accuracy = (np.bincount(person_right, minlength=num)[people]
+                / np.maximum(np.bincount(person_asked, minlength=num)[people], 1))
+    exposures = exposures_N[people]
+    if distributed.is_primary():
+        sweep.write_table([{"person": int(p), "exposures": int(e), "accuracy": float(a)}
+                           for p, e, a in zip(people, exposures, accuracy)],
+                          pathlib.Path(workdir) / PEOPLE_FILE)
+    if exposures.max() < 2 * max(exposures.min(), 1):
+        return {"threshold_exposures": None}
+    mean_x, mean_y, _ = transitions.binned_means(exposures, accuracy)
+    found = transitions.crossing(mean_x, mean_y, 0.5)
+    return {"threshold_exposures": found["value"], "threshold_exposures_low": found["low"],
+            "threshold_exposures_high": found["high"]}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

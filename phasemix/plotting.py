@@ -195,3 +195,52 @@ def metric_lines(rows: Sequence[dict[str, Any]], panels: Sequence[dict[str, str]
     axes[-1, 0].set_xscale("log")
     axes[-1, 0].set_xlabel("step")
     _save(fig, path)
+
+
+def xy_lines(series: dict[str, dict[str, Any]], path: str | os.PathLike, title: str, xlabel: str,
+             ylabel: str, log_x: bool = True, log_y: bool = False,
+             hline: float | None = None) -> None:
+    """One line per series against a shared x axis: e.g. accuracy against mixing ratio.
+
+    Each series is {"x": [...], "y": [...]} with optional "err" (error bars), "style"
+    ("o-" markers and line, "--" a prediction, "o" markers only) and "color".
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, s in series.items():
+        style = s.get("style", "o-")
+        if s.get("err") is not None:
+            ax.errorbar(s["x"], s["y"], yerr=s["err"], fmt=style, capsize=3, label=label,
+                        color=s.get("color"))
+        else:
+            ax.plot(s["x"], s["y"], style, label=label, color=s.get("color"),
+                    linewidth=s.get("linewidth", 1.5))
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle=":", linewidth=0.8)
+    if log_x:
+        ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def bar_panels(labels: Sequence[str], panels: dict[str, Sequence[float]],
+               path: str | os.PathLike, title: str) -> None:
+    """Horizontal bars of several quantities side by side, one panel each, for named variants."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 1.2 + 0.45 * len(labels)),
+                             squeeze=False)
+    for ax, (panel_title, values) in zip(axes[0], panels.items()):
+        ax.barh(list(labels), list(values), color="tab:blue")
+        ax.set_title(panel_title, fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def color(i: int, n: int):
+    """The i-th of n colours along viridis, for lines ordered by a quantity."""
+    return plt.get_cmap("viridis")(i / max(n - 1, 1))

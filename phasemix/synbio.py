@@ -384,6 +384,12 @@ class SynBio:
             person_D[block_D == block] = picked[within_D[block_D == block]]
         return person_D, index_D
 
+    def value_counts(self) -> dict[str, int]:
+        """How many values each attribute can take (what a person's values can be)."""
+        years = self.birth_years[1] - self.birth_years[0] + 1
+        return {"birth_date": DAYS * len(MONTHS) * years,
+                **{a: len(self.pools[a]) for a in ATTRIBUTES[1:]}}
+
     def required_words(self) -> tuple[str, ...]:
         """Every word a biography, compact form or prompt can hold, for the tokenizer.
 

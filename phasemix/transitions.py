@@ -12,6 +12,8 @@ import math
 import statistics
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 INSUFFICIENT, CRITICAL, SURPLUS = "insufficient", "critical", "surplus"
 
 
@@ -121,3 +123,43 @@ def regime_summary(stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "step_memorized_spread": spread(mem),
         "step_generalized_spread": spread(gen),
     }
+
+
+def crossing(x: Sequence[float], y: Sequence[float], level: float) -> dict[str, Any]:
+    """Where y first rises to `level` along increasing x (a ratio, a size, a frequency).
+
+    `value` interpolates linearly in log x between the last point below the level and the
+    first at or above it (`low`, `high`: the bracket, the grid's resolution). When the first
+    point is already above, `value` is None and `high` is that point (the crossing lies below
+    the grid); when no point reaches the level, `value` and `high` are None.
+    """
+    order = np.argsort(np.asarray(x, np.float64))
+    x = np.asarray(x, np.float64)[order]
+    y = np.asarray(y, np.float64)[order]
+    above = np.flatnonzero(y >= level)
+    if len(above) == 0:
+        return {"value": None, "low": float(x[-1]) if len(x) else None, "high": None}
+    i = int(above[0])
+    if i == 0:
+        return {"value": None, "low": None, "high": float(x[0])}
+    t = (level - y[i - 1]) / (y[i] - y[i - 1])
+    value = math.exp(math.log(x[i - 1]) + t * (math.log(x[i]) - math.log(x[i - 1])))
+    return {"value": float(value), "low": float(x[i - 1]), "high": float(x[i])}
+
+
+def binned_means(x: Sequence[float], y: Sequence[float], num_bins: int = 8,
+                 min_count: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean y in log-spaced bins of x (x > 0): (bin mean x, mean y, count), bins of at least
+    `min_count` points only."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = x > 0
+    x, y = x[keep], y[keep]
+    if len(x) == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
+    edges = np.geomspace(x.min(), x.max() * (1 + 1e-9), num_bins + 1)
+    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, num_bins - 1)
+    counts = np.bincount(which, minlength=num_bins)
+    ok = counts >= min_count
+    mean_x = np.bincount(which, x, num_bins)[ok] / counts[ok]
+    mean_y = np.bincount(which, y, num_bins)[ok] / counts[ok]
+    return mean_x, mean_y, counts[ok]

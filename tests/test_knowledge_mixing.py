@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import knowledge_mixing
-from phasemix import knowledge, run_io, synbio, tokenizer, validation
+from phasemix import knowledge, run_io, sweep, synbio, tokenizer, validation
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,9 @@ def test_smoke_run_writes_the_contract_with_an_exact_ratio(tmp_path):
     assert summary["recompilations"] == 0
     assert 0 <= summary["bio_accuracy"] <= 1 and summary["exposures_min"] >= 1
     assert summary["params"] > summary["non_embedding_params"] > 0
+    assert 10 < summary["tokens_per_bio"] < 200
     for name in ("config.json", "metrics.jsonl", "summary.json", "knowledge_curves.png",
-                 "samples.json", "tokenizer.json"):
+                 "samples.json", "tokenizer.json", "people.csv"):
         assert (tmp_path / name).exists(), name
     on_disk = run_io.read_json(tmp_path / "summary.json")
     assert on_disk["people_all_attributes"] == summary["people_all_attributes"]
@@ -71,10 +72,42 @@ def test_smoke_run_writes_the_contract_with_an_exact_ratio(tmp_path):
     assert samples and {"prompt", "gold", "generated"} <= set(samples[0])
     rows = run_io.read_metrics(tmp_path)
     assert rows[-1]["web_val_loss"] < rows[0]["web_val_loss"]  # it learns the web text
+    people = sweep.read_table(tmp_path / "people.csv")
+    assert len(people) == config.final_eval_people
+    # The per-person accuracies average to the run's final accuracy over the same people.
+    assert np.mean([p["accuracy"] for p in people]) == pytest.approx(
+        summary["final_bio_accuracy"], abs=1e-6)
+
+
+def test_web_only_run_trains_on_web_text_alone():
+    config = knowledge_mixing.get_config("smoke")
+    config.ratio = 0.0
+    task, extras = knowledge_mixing.make_task(config)
+    assert all((task.train_batches[s]["domain"] == 1).all() for s in (0, config.num_steps - 1))
+    assert extras["exposures"].sum() == 0
+    # Biographies are still rendered, so the capacity theory knows their length.
+    summary = task.summarize([{"step": 0, "web_val_loss": 5.0, **{
+        f"{n}_exact_match": 0.0 for n in knowledge_mixing.ATTRIBUTE_SETS}}])
+    assert summary["bio_token_fraction"] == 0 and summary["tokens_per_bio"] > 10
+
+
+def test_threshold_exposures_where_half_the_answers_are_right(tmp_path):
+    exposures = np.repeat([1, 2, 4, 8, 16, 32], 10)
+    people = np.arange(len(exposures))
+    # People seen >= 8 times answer all 25 queries right, the others none.
+    asked = np.repeat(people, 25)
+    right = asked[exposures[asked] >= 8]
+    found = knowledge_mixing._per_person(str(tmp_path), right, asked, people, exposures)
+    assert 4 < found["threshold_exposures"] <= 8
+    assert found["threshold_exposures_low"] == pytest.approx(4, rel=0.3)
+    assert len(sweep.read_table(tmp_path / "people.csv")) == len(people)
+    uniform = knowledge_mixing._per_person(str(tmp_path), right, asked, people,
+                                           np.full(len(people), 9))
+    assert uniform["threshold_exposures"] is None  # all seen equally often: no threshold
 
 
 @pytest.mark.parametrize("field,value,flag", [
-    ("ratio", 0.0, "ratio"), ("ratio", 1.5, "ratio"),
+    ("ratio", -0.1, "ratio"), ("ratio", 1.5, "ratio"),
     ("mix.keep_fraction", 0.0, "mix.keep_fraction"),
     ("mix.compact_fraction", 1.0, "mix.compact_fraction"),
     ("model.preset", "gigantic", "model.preset"),

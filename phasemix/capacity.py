@@ -1,0 +1,151 @@
+"""Capacity allocation (Gu et al. 2025) as numbers: a knapsack between web text and biographies.
+
+A model of P parameters stores `bits_per_param` * P bits (about 2: Allen-Zhu & Li). Spending x
+bits on web text gives the web loss F2(x / bits_per_param) = C + A * (x / bits_per_param)^-alpha
+(nats per token, fitted on web-only runs across sizes). Storing one person costs the
+information of their values, b = sum over attributes of log2(#possible values) bits, and lowers
+the loss on that person's biography tokens by b * ln 2 nats per biography. Per token of the
+training mixture, a bit spent on facts is therefore worth
+
+    r * (1 / N) * (b ln2 / T) / b = r ln2 / (N T)      (T: tokens per biography)
+
+nats whoever the person is (all people are equally frequent, so it is all or nothing), and a
+bit spent on the web is worth (1 - r) * alpha * A * P^-(alpha+1) / bits_per_param. The optimum
+fills the web side up to P_web, where the two are equal,
+
+    P_web(r) = [((1 - r) / r) * alpha * A * N * T / (bits_per_param * ln 2)]^(1 / (alpha + 1)),
+
+and spends the rest on people: the learned fraction is
+clip(bits_per_param * (P - P_web) / (N * b), 0, 1). So the critical ratio falls as
+P^-(alpha+1) (for small r) and the critical size grows as (1/r)^(1/(alpha+1)): the paper's
+exponents. The token budget D cancels (both sides scale with it); it enters only through the
+web law, which is fitted at the same budget, and through the exposures r * D / (N * T) that
+the theory assumes are enough to store a fact (its regime is capacity-, not exposure-bound).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+import scipy.stats
+
+from phasemix import law_fit, mixing_laws, synbio
+
+LN2 = math.log(2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class WebLaw:
+    """F2(P) = C + A * P^-alpha: web loss (nats/token) against parameter count P."""
+
+    C: float
+    A: float
+    alpha: float
+
+    def loss(self, params: Any) -> np.ndarray:
+        return self.C + self.A * np.asarray(params, np.float64) ** -self.alpha
+
+    def marginal(self, params: Any) -> np.ndarray:
+        """-dF2/dP: the web loss one more parameter saves."""
+        return self.alpha * self.A * np.asarray(params, np.float64) ** -(self.alpha + 1)
+
+
+def fit_web_law(params_M: Sequence[float], loss_M: Sequence[float], seed: int = 0) -> WebLaw:
+    """Fits F2 to web losses of models of several sizes (the mixing-law fitter: Huber in log
+    space, multi-start L-BFGS, with P in the role of the step)."""
+    params_M, loss_M = np.asarray(params_M, np.float64), np.asarray(loss_M, np.float64)
+    if len(np.unique(params_M)) < 3:
+        raise ValueError(f"the web law has 3 parameters; it needs losses at >= 3 model sizes, "
+                         f"got {len(np.unique(params_M))}")
+    if not np.all(np.isfinite(loss_M)) or np.any(loss_M <= 0):
+        raise ValueError(f"web losses must be finite and positive, got {loss_M.tolist()}")
+    law = mixing_laws.make_law("step_only", 1)
+    result = law_fit.fit(law, jax.random.key(seed), params_M, np.zeros((len(params_M), 1)),
+                         loss_M)
+    values = law.constrain(result.params)
+    return WebLaw(C=float(values["C"]), A=float(values["B"]), alpha=float(values["beta"]))
+
+
+def person_bits(bio: synbio.SynBio) -> float:
+    """Bits that identify one person's 5 values among all possible values."""
+    return float(sum(math.log2(n) for n in bio.value_counts().values()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Knapsack:
+    """The capacity-allocation model for one SynBio set and web law."""
+
+    web: WebLaw
+    num_people: int  # N (those trained on)
+    tokens_per_bio: float  # T
+    bits_per_person: float  # b
+    bits_per_param: float = 2.0
+
+    def _scale(self) -> float:  # alpha * A * N * T / (bits_per_param * ln 2)
+        return (self.web.alpha * self.web.A * self.num_people * self.tokens_per_bio
+                / (self.bits_per_param * LN2))
+
+    def web_params(self, ratio: Any) -> np.ndarray:
+        """P_web(r): parameters the web side takes before facts pay more per bit."""
+        r = np.asarray(ratio, np.float64)
+        return ((1 - r) / r * self._scale()) ** (1 / (self.web.alpha + 1))
+
+    def learned_fraction(self, params: Any, ratio: Any) -> np.ndarray:
+        """Predicted fraction of people stored by a model of `params` parameters at ratio r."""
+        spare_bits = self.bits_per_param * (np.asarray(params, np.float64)
+                                            - self.web_params(ratio))
+        return np.clip(spare_bits / (self.num_people * self.bits_per_person), 0.0, 1.0)
+
+    def critical_ratio(self, params: float, level: float = 0.5) -> float | None:
+        """The r at which `level` of the people are stored; None if capacity never suffices."""
+        room = params - level * self.num_people * self.bits_per_person / self.bits_per_param
+        if room <= 0:
+            return None
+        return float(1 / (1 + room ** (self.web.alpha + 1) / self._scale()))
+
+    def critical_params(self, ratio: float, level: float = 0.5) -> float:
+        """The parameter count at which `level` of the people are stored at ratio r."""
+        return float(self.web_params(ratio)
+                     + level * self.num_people * self.bits_per_person / self.bits_per_param)
+
+    @property
+    def ratio_exponent(self) -> float:
+        """Slope of log r_crit against log P for small r: -(alpha + 1)."""
+        return -(self.web.alpha + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLaw:
+    """y = coefficient * x^exponent, fitted in log-log space with a t confidence interval."""
+
+    coefficient: float
+    exponent: float
+    exponent_low: float
+    exponent_high: float
+    points: int
+    r2: float
+
+    def __call__(self, x: Any) -> np.ndarray:
+        return self.coefficient * np.asarray(x, np.float64) ** self.exponent
+
+
+def fit_power_law(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> PowerLaw:
+    """Least squares of log y on log x; the interval is +-t(n-2) standard errors (infinite
+    with 2 points, wide with 3: report it)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"a power law needs >= 2 (x, y) pairs, got {len(x)} and {len(y)}")
+    if np.any(x <= 0) or np.any(y <= 0):
+        raise ValueError("a power law is fitted in log space: x and y must be positive")
+    fit = scipy.stats.linregress(np.log(x), np.log(y))
+    if len(x) > 2:
+        half = scipy.stats.t.ppf(0.5 + confidence / 2, len(x) - 2) * fit.stderr
+    else:
+        half = math.inf
+    return PowerLaw(coefficient=float(math.exp(fit.intercept)), exponent=float(fit.slope),
+                    exponent_low=float(fit.slope - half), exponent_high=float(fit.slope + half),
+                    points=len(x), r2=float(fit.rvalue ** 2))

@@ -1,0 +1,147 @@
+"""Knowledge phase sweeps: grids per mode, critical points, sharpness, theory overlay, a real sweep."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from experiments import knowledge_phase
+from phasemix import capacity, run_io, sweep, validation
+
+
+def _rows(points, **fixed):
+    """Result-table rows as the sweep writes them: config columns plus summary columns."""
+    out = []
+    for i, (ratio, accuracy) in enumerate(points):
+        row = {"run": f"r{i}", "ratio": ratio, "seed": 0, "model.preset": "tiny-64",
+               "bio_accuracy": accuracy, "people_trained": 500, "train_tokens": 4_096_000,
+               "params": 800_000, "non_embedding_params": 100_000, "web_val_loss": 5.0,
+               "exposures_mean": 150 * ratio, "tokens_per_bio": 100.0,
+               "people_all_attributes": accuracy ** 5, "run_seconds": 60.0}
+        row.update({f"accuracy_{a}": accuracy for a in knowledge_phase.synbio.ATTRIBUTES})
+        row.update(fixed)
+        out.append(row)
+    return out
+
+
+def test_every_mode_builds_its_grid():
+    grids = {mode: knowledge_phase.overrides(knowledge_phase.get_config(f"{mode}_smoke"))
+             for mode in knowledge_phase.MODES}
+    assert [g["ratio"] for g in grids["ratio"]] == [0.2, 1.0]
+    assert {g["ratio"] for g in grids["web"]} == {0.0} and len(grids["web"]) == 3
+    assert len(grids["size"]) == 3 * 2
+    base = knowledge_phase.get_config("longer_smoke").base
+    assert [g["num_steps"] for g in grids["longer"]] == [base.num_steps, 2 * base.num_steps]
+    variants = [(g.get("mix.keep_fraction"), g.get("mix.compact_fraction"))
+                for g in grids["mitigation"]]
+    assert variants == [(None, None), (0.5, None), (None, 0.1)]
+    assert all(g["synbio.popularity_exponent"] == 1.0 for g in grids["frequency"])
+
+
+@pytest.mark.parametrize("field,value,flag", [
+    ("mode", "bogus", "mode"), ("ratios", (0.0, 0.5), "ratios"),
+    ("level", 1.0, "level"), ("keep_fractions", (1.5,), "keep_fractions"),
+    ("param_count", "flops", "param_count"), ("web_sweep", "/nonexistent", "web_sweep"),
+])
+def test_bad_config_names_the_flag(field, value, flag):
+    config = knowledge_phase.get_config("smoke")
+    config[field] = value
+    with pytest.raises(validation.ConfigError, match=flag):
+        knowledge_phase.validate(config)
+
+
+def test_web_mode_refuses_fewer_than_three_sizes():
+    config = knowledge_phase.get_config("web_smoke")
+    config.presets = ("tiny-16", "tiny-32")
+    with pytest.raises(validation.ConfigError, match="presets"):
+        knowledge_phase.validate(config)
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(validation.ConfigError, match="variant"):
+        knowledge_phase.get_config("rato")
+
+
+def test_ratio_analysis_finds_the_critical_ratio_and_the_transition_width(tmp_path):
+    config = knowledge_phase.get_config()
+    rows = _rows([(0.05, 0.0), (0.1, 0.04), (0.15, 0.62), (0.3, 0.9)])
+    summary = knowledge_phase._analyse_ratio(config, tmp_path, rows)
+    assert 0.1 < summary["critical"] < 0.15
+    assert (summary["critical_low"], summary["critical_high"]) == (0.1, 0.15)
+    assert summary["transition_factor"] == pytest.approx(1.5)  # < 10% at 0.1, > 50% at 0.15
+    assert (tmp_path / "accuracy_vs_ratio.png").exists()
+    gradual = knowledge_phase.sharpness(knowledge_phase.per_point(
+        _rows([(0.05, 0.05), (0.1, 0.2), (0.2, 0.35), (0.4, 0.55)]), ("ratio",)), "ratio")
+    assert gradual["transition_factor"] == pytest.approx(8.0)
+
+
+def test_seed_spread_of_the_critical_ratio():
+    rows = _rows([(0.1, 0.0), (0.2, 1.0)]) + _rows([(0.1, 0.4), (0.2, 1.0)], seed=1)
+    points = knowledge_phase.per_point(rows, ("ratio",))
+    found = knowledge_phase.critical_point(points, "ratio", 0.5, rows)
+    assert points[0]["bio_accuracy_mean"] == pytest.approx(0.2)
+    assert found["critical_seed_std"] > 0
+
+
+def _size_rows(exponent: float):
+    """A size sweep whose accuracy steps up at r_c(P) = 0.1 * (P / 1e5)^exponent."""
+    rows = []
+    for preset, n in (("tiny-32", 3e4), ("tiny-48", 6e4), ("tiny-64", 1e5), ("tiny-96", 2e5)):
+        critical = 0.1 * (n / 1e5) ** exponent
+        for ratio in np.geomspace(0.01, 1.0, 13):
+            rows += _rows([(float(ratio), 1.0 if ratio >= critical else 0.0)],
+                          **{"model.preset": preset, "non_embedding_params": n})
+    return rows
+
+
+def test_size_analysis_fits_the_critical_ratio_power_law_and_overlays_the_theory(tmp_path):
+    web_dir = tmp_path / "web"
+    web_dir.mkdir()
+    law = capacity.WebLaw(C=3.0, A=40.0, alpha=0.3)
+    sweep.write_table([{"model.preset": p, "seed": 0, "ratio": 0.0, "bio_accuracy": 0.0,
+                        "non_embedding_params": n, "web_val_loss": float(law.loss(n)),
+                        "tokens_per_bio": 100.0, "params": 8 * n}
+                       for p, n in (("a", 2e4), ("b", 6e4), ("c", 2e5))],
+                      web_dir / sweep.RESULTS_FILE)
+    config = knowledge_phase.get_config("size")
+    config.presets = ("tiny-32", "tiny-48", "tiny-64", "tiny-96")
+    config.ratios = tuple(float(r) for r in np.geomspace(0.01, 1.0, 13))
+    config.web_sweep = str(web_dir)
+    summary = knowledge_phase._analyse_size(config, tmp_path, _size_rows(-1.0))
+    fit = summary["critical_ratio_power_law"]
+    # The grid's resolution (a factor 1.47) bounds how well the exponent is measured.
+    assert fit["exponent"] == pytest.approx(-1.0, abs=0.25) and fit["points"] == 4
+    assert summary["web_law"]["alpha"] == pytest.approx(0.3, rel=0.05)
+    assert summary["theory_ratio_exponent"] == pytest.approx(-1.3, rel=0.05)
+    assert set(summary["theory_critical_ratio"]) == set(config.presets)
+    for name in ("accuracy_vs_size.png", "accuracy_heatmap.png", "critical_ratio_vs_size.png"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_ratio_sweep_end_to_end(tmp_path):
+    """One real (smoke) knowledge run through the sweep, analysed: files and consistency."""
+    config = knowledge_phase.get_config("smoke")
+    config.ratios = (1.0,)
+    summary = knowledge_phase.run(config, str(tmp_path))
+    rows = sweep.read_table(tmp_path / sweep.RESULTS_FILE)
+    analysis = sweep.read_table(tmp_path / "analysis.csv")
+    assert len(rows) == 1 and analysis[0]["bio_accuracy_mean"] == pytest.approx(
+        rows[0]["bio_accuracy"])
+    assert run_io.read_json(tmp_path / "summary.json")["mode"] == "ratio"
+    assert summary["runs"] == 1
+    for name in ("config.json", "accuracy_vs_ratio.png"):
+        assert (tmp_path / name).exists(), name
+    assert (pathlib.Path(tmp_path) / "runs" / "ratio=1,seed=0" / "people.csv").exists()
+
+
+@pytest.mark.slow
+def test_web_then_size_smoke_sweeps_predict_and_measure(tmp_path):
+    """The theory-first workflow on smoke runs: web-only sweep, then size x ratio with it."""
+    web = knowledge_phase.get_config("web_smoke")
+    web_summary = knowledge_phase.run(web, str(tmp_path / "web"))
+    assert web_summary["web_law"]["alpha"] > 0
+    size = knowledge_phase.get_config("size_smoke")
+    size.web_sweep = str(tmp_path / "web")
+    summary = knowledge_phase.run(size, str(tmp_path / "size"))
+    assert set(summary["theory_critical_ratio"]) == set(size.presets)
+    assert (tmp_path / "size" / "accuracy_vs_size.png").exists()
