@@ -242,15 +242,6 @@ def select(data: dict[str, np.ndarray], config: ml_collections.ConfigDict, model
 
 # --- Fitting ----------------------------------------------------------------------------------
 
-def _key(seed: int, *ids: int):
-    import jax
-
-    key = jax.random.key(seed)
-    for i in ids:
-        key = jax.random.fold_in(key, i)
-    return key
-
-
 def fit_model(config: ml_collections.ConfigDict, model: str, model_index: int,
               data: dict[str, np.ndarray], pad_to: int) -> tuple[list[dict], list[dict], dict]:
     """(table rows, prediction rows of the first draw, fitted laws of the first draw)."""
@@ -269,7 +260,7 @@ def fit_model(config: ml_collections.ConfigDict, model: str, model_index: int,
                 for law_name in config.laws:
                     law = mixing_laws.make_law(law_name, len(DOMAINS), d, config.epsilon)
                     result = law_fit.evaluate_protocol(
-                        law, _key(config.seed, split, model_index, d,
+                        law, law_fit.fit_key(config.seed, split, model_index, d,
                                   mixing_laws.LAW_NAMES.index(law_name)),
                         data["step_N"][keep], data["props_NxK"][keep], loss_N[keep],
                         data["mixture_N"][keep], step_cut=config.step_cut, heldout_ids=heldout,
@@ -341,16 +332,6 @@ def optimal_mixtures(config: ml_collections.ConfigDict, model: str, fitted: dict
 
 
 # --- Outputs ----------------------------------------------------------------------------------
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return value
-
 
 def headline(rows: list[dict]) -> list[dict]:
     """Per (zero_share, law, model): medians over groups and held-out draws."""
@@ -441,14 +422,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, curves: str | pathlib.P
         optima += optimal_mixtures(config, model, fitted, selected[model])
     sweep.write_table(rows, workdir_path / "table.csv")
     sweep.write_table(predictions, workdir_path / "predictions.csv")
-    run_io.write_json_atomic(workdir_path / "table.json", _nan_to_none(rows))
+    run_io.write_json_atomic(workdir_path / "table.json", run_io.nan_to_none(rows))
     run_io.write_json_atomic(workdir_path / "optimal_mixtures.json", optima)
     entries = headline(rows)
     plot_predictions(workdir_path / "predictions.csv", workdir_path / "predicted_vs_measured.png",
                      config.zero_shares[0])
     print(format_table(entries))
     missing = {model: int(np.sum(np.isnan(d["loss_NxK"]))) for model, d in selected.items()}
-    summary = _nan_to_none({
+    summary = run_io.nan_to_none({
         "curves": str(pathlib.Path(curves).resolve()),
         "models": list(config.models), "laws": list(config.laws),
         "step_cut": config.step_cut, "max_step": config.max_step,

@@ -4,8 +4,10 @@ critical points, the capacity-allocation theory, mitigations and the threshold f
 Every run is a `knowledge_mixing` run (SynBio + web text at ratio r); the sweep runner trains
 them (2 worker processes by default) and this module analyses the table.
 
-Ratio sweep (default; tiny-64, r from 0.05 to 0.4, ~50 minutes on a 2-core CPU):
+Ratio sweep (default; the knowledge_mixing default run, tiny-64 and 500 people, at r = 0.1,
+0.15, 0.2, 0.3; two pairs of runs at ~25 min each on a 2-core CPU):
   python -m experiments.knowledge_phase --workdir=runs/kp_ratio
+  (--config.ratios='(0.05,0.075,0.1,0.15,0.2,0.3)' is the 6-point sweep of the README, ~75 min)
 Theory first: web-only runs across sizes fit F2(P) = C + A P^-alpha and print the predicted
 critical ratio of each size, before any SynBio run:
   python -m experiments.knowledge_phase --config=experiments/knowledge_phase.py:web \
@@ -28,7 +30,6 @@ runs part i of n (see launch/).
 
 from __future__ import annotations
 
-import math
 import pathlib
 import statistics
 import time
@@ -58,11 +59,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.experiment = "knowledge_phase"
     config.mode = mode
     config.base = knowledge_mixing.get_config("smoke" if smoke else "")
-    config.ratios = (0.05, 0.075, 0.1, 0.15, 0.2, 0.3)  # ratio and size modes
+    # Ratio and size modes. At the default size the transition lies between 0.15 and 0.3
+    # (README); 4 points keep the sweep to two rounds of 2 parallel runs.
+    config.ratios = (0.1, 0.15, 0.2, 0.3)
     config.presets = ("tiny-32", "tiny-48", "tiny-64")  # size, web and frequency modes
     config.seeds = (0,)
     config.level = 0.5  # accuracy at which a ratio / size / frequency counts as critical
-    config.sub_critical_ratio = 0.075  # longer and mitigation modes
+    # Longer and mitigation modes: below the threshold (accuracy 0.04 at the default size), and
+    # 2x steps there give the exposures per biography that r = 0.3 has at 1x.
+    config.sub_critical_ratio = 0.15
     config.steps_multipliers = (1, 2, 4)  # longer mode
     config.keep_fractions = (0.5, 0.25)  # mitigation: subsample the people
     config.compact_fractions = (0.1, 0.3)  # mitigation: compact tuples (tau)
@@ -448,8 +453,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     summary = {"mode": config.mode, "runs": len(rows), **analysis,
                # This invocation's wall time (a resumed sweep counts only what it ran).
                "wall_seconds": time.monotonic() - began}
-    summary = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-               for k, v in summary.items()}
+    summary = run_io.nan_to_none(summary)
     run_io.write_json_atomic(workdir_path / run_io.SUMMARY_FILE, summary)
     return summary
 

@@ -90,6 +90,14 @@ def _fit(law: Law, key: jax.Array, steps_N: jax.Array, props_NxK: jax.Array, los
                      iterations[best])
 
 
+def fit_key(seed: int, *ids: int) -> jax.Array:
+    """A fit's PRNG key: `seed` folded with ids (law, domain, ...), so every fit has its own."""
+    key = jax.random.key(seed)
+    for i in ids:
+        key = jax.random.fold_in(key, i)
+    return key
+
+
 def padded_size(n: int) -> int:
     return max(MIN_PAD, 2 ** math.ceil(math.log2(max(n, 1))))
 
