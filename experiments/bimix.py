@@ -502,13 +502,12 @@ def headline(comparison: list[dict]) -> dict[str, Any]:
 
 def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path) -> None:
     """Predicted against measured validation loss: a row per law, a column per domain."""
-    from phasemix import plotting  # noqa: F401  (selects the Agg backend first)
-    import matplotlib.pyplot as plt
+    from phasemix import plotting
 
     rows = sweep.read_table(predictions_csv)
     laws = list(dict.fromkeys(r["law"] for r in rows))
     names = list(dict.fromkeys(r["domain"] for r in rows))
-    fig, axes = plt.subplots(len(laws), len(names), squeeze=False,
+    fig, axes = plotting.figure(len(laws), len(names), squeeze=False,
                              figsize=(3.0 * len(names), 2.9 * len(laws)))
     for (i, law), (j, domain) in ((a, b) for a in enumerate(laws) for b in enumerate(names)):
         ax = axes[i][j]
@@ -525,18 +524,15 @@ def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path) -> None:
         ax.set_ylabel("predicted", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6, markerscale=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plotting.save(fig, path)
 
 
 def plot_strategies(comparison_csv: pathlib.Path, path: pathlib.Path, title: str) -> None:
     """Average validation loss per strategy: seed mean +- std, and every seed as a dot."""
-    from phasemix import plotting  # noqa: F401
-    import matplotlib.pyplot as plt
+    from phasemix import plotting
 
     rows = sweep.read_table(comparison_csv)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 4.2))
+    fig, ax = plotting.figure(figsize=(1.6 + 1.3 * len(rows), 4.2))
     for x, row in enumerate(rows):
         ax.errorbar([x], [row["avg_valid_loss_mean"]], yerr=[row["avg_valid_loss_std"]],
                     fmt="o", capsize=5, color="black")
@@ -546,9 +542,7 @@ def plot_strategies(comparison_csv: pathlib.Path, path: pathlib.Path, title: str
     ax.set_ylabel("average validation loss over domains")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plotting.save(fig, path)
 
 
 # --- The study --------------------------------------------------------------------------------

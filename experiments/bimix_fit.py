@@ -366,13 +366,12 @@ def format_table(entries: list[dict]) -> str:
 
 def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path, zero_share: str) -> None:
     """Predicted against measured loss, one panel per law x model, coloured by split."""
-    from phasemix import plotting  # noqa: F401  (selects the Agg backend first)
-    import matplotlib.pyplot as plt
+    from phasemix import plotting
 
     rows = [r for r in sweep.read_table(predictions_csv) if r["zero_share"] == zero_share]
     laws = list(dict.fromkeys(r["law"] for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(len(laws), len(models), squeeze=False,
+    fig, axes = plotting.figure(len(laws), len(models), squeeze=False,
                              figsize=(3.2 * len(models), 3.0 * len(laws)))
     colors = {"fit": "lightgrey", "extrap_step": "tab:blue", "heldout_mix": "tab:orange",
               "heldout_both": "tab:red"}
@@ -395,9 +394,7 @@ def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path, zero_sha
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6, markerscale=2)
     fig.suptitle(f"Predicted vs measured group loss (zero share: {zero_share}; all 5 groups)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plotting.save(fig, path)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, curves: str | pathlib.Path =

@@ -6,18 +6,22 @@ import os
 from typing import Any, Sequence
 
 import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-
-from phasemix import distributed  # noqa: E402
+from phasemix import distributed
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def figure(nrows: int = 1, ncols: int = 1, **kwargs):
+    """A figure and its axes outside pyplot: no global backend or state, so importing this
+    module leaves a notebook's inline plotting alone, and figures are freed with their object."""
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def save(fig, path: str | os.PathLike) -> None:
     fig.tight_layout()
     if distributed.is_primary():  # in a multi-process job, one process writes each file
         fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def training_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "",
@@ -25,7 +29,7 @@ def training_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, tit
     """Train/test accuracy on a log-step axis above the weight norm; optional vertical markers."""
     rows = [r for r in rows if r["step"] > 0]  # step 0 has no place on a log axis
     steps = [r["step"] for r in rows]
-    fig, (ax_acc, ax_norm) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
+    fig, (ax_acc, ax_norm) = figure(2, 1, figsize=(7, 6), sharex=True,
                                           gridspec_kw={"height_ratios": [2, 1]})
     for key, label in (("train_accuracy", "train"), ("test_accuracy", "test")):
         if rows and key in rows[0]:
@@ -45,14 +49,14 @@ def training_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, tit
     ax_norm.set_xscale("log")
     for ax in (ax_acc, ax_norm):
         ax.grid(alpha=0.3)
-    _save(fig, path)
+    save(fig, path)
 
 
 def curves_by_group(curves: dict[Any, Sequence[dict[str, Any]]], key: str, path: str | os.PathLike,
                     title: str, legend_title: str, ylabel: str, log_y: bool = False) -> None:
     """One line of `key` against step (log axis) per group, e.g. test accuracy per data size."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    cmap = plt.get_cmap("viridis")
+    fig, ax = figure(figsize=(7, 4.5))
+    cmap = matplotlib.colormaps["viridis"]
     for i, (group, rows) in enumerate(sorted(curves.items())):
         rows = [r for r in rows if r["step"] > 0 and key in r]
         ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=str(group),
@@ -65,14 +69,14 @@ def curves_by_group(curves: dict[Any, Sequence[dict[str, Any]]], key: str, path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(title=legend_title, fontsize=7, ncol=2)
-    _save(fig, path)
+    save(fig, path)
 
 
 def steps_vs_size(stats: Sequence[dict[str, Any]], cds: dict[str, Any], budget: int,
                   path: str | os.PathLike, title: str) -> None:
     """Mean (+- std over seeds) steps to memorise and to generalise against data size, with the
     critical size and its band; sizes where no seed generalised sit at the budget line."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = figure(figsize=(7, 4.5))
     sizes = [s["size"] for s in stats]
     for prefix, label, color in (("step_memorized", "memorise (train acc >= 0.99)", "tab:blue"),
                                  ("step_generalized", "generalise (test acc >= 0.95)",
@@ -100,7 +104,7 @@ def steps_vs_size(stats: Sequence[dict[str, Any]], cds: dict[str, Any], budget: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save(fig, path)
 
 
 def heatmap(values: dict[tuple[Any, Any], float], path: str | os.PathLike, title: str,
@@ -109,7 +113,7 @@ def heatmap(values: dict[tuple[Any, Any], float], path: str | os.PathLike, title
     rows = sorted({r for r, _ in values})
     cols = sorted({c for _, c in values})
     grid = [[values.get((r, c), float("nan")) for c in cols] for r in rows]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(cols), 1.0 + 0.5 * len(rows)))
+    fig, ax = figure(figsize=(1.0 + 0.8 * len(cols), 1.0 + 0.5 * len(rows)))
     image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=1)
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
@@ -121,16 +125,16 @@ def heatmap(values: dict[tuple[Any, Any], float], path: str | os.PathLike, title
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=colorbar)
-    _save(fig, path)
+    save(fig, path)
 
 
 def projection_by_subset(all_values: Sequence[float], subsets: dict[Any, Sequence[float]],
                          path: str | os.PathLike, title: str, xlabel: str) -> None:
     """Density of a 1-D projection for the whole dataset and for each (nested) subset."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = figure(figsize=(7, 4.5))
     bins = 40
     ax.hist(all_values, bins=bins, density=True, color="lightgrey", label="all pairs")
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for i, (name, values) in enumerate(sorted(subsets.items())):
         ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.2,
                 color=cmap(i / max(len(subsets) - 1, 1)), label=f"{name} train pairs")
@@ -138,7 +142,7 @@ def projection_by_subset(all_values: Sequence[float], subsets: dict[Any, Sequenc
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
-    _save(fig, path)
+    save(fig, path)
 
 
 def weight_distribution(snapshots: dict[int, Any], stages: dict[str, int | None],
@@ -151,7 +155,7 @@ def weight_distribution(snapshots: dict[int, Any], stages: dict[str, int | None]
     import numpy as np
 
     steps = sorted(snapshots)
-    fig, (ax_hist, ax_norm) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_hist, ax_norm) = figure(1, 2, figsize=(11, 4))
     for name, stage_step in stages.items():
         at = next((s for s in steps if stage_step is not None and s >= stage_step), None)
         if at is None:
@@ -173,14 +177,14 @@ def weight_distribution(snapshots: dict[int, Any], stages: dict[str, int | None]
     ax_norm.set_ylabel("L2 norm")
     for ax in (ax_hist, ax_norm):
         ax.grid(alpha=0.3)
-    _save(fig, path)
+    save(fig, path)
 
 
 def metric_lines(rows: Sequence[dict[str, Any]], panels: Sequence[dict[str, str]],
                  ylabels: Sequence[str], path: str | os.PathLike, title: str) -> None:
     """Stacked panels sharing a log-step axis; panel i draws {label: metric key} of `rows`."""
     rows = [r for r in rows if r["step"] > 0]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels) + 0.6), sharex=True,
+    fig, axes = figure(len(panels), 1, figsize=(7, 2.6 * len(panels) + 0.6), sharex=True,
                              squeeze=False)
     for ax, lines, ylabel in zip(axes[:, 0], panels, ylabels):
         for label, key in lines.items():
@@ -194,7 +198,7 @@ def metric_lines(rows: Sequence[dict[str, Any]], panels: Sequence[dict[str, str]
     axes[0, 0].set_title(title)
     axes[-1, 0].set_xscale("log")
     axes[-1, 0].set_xlabel("step")
-    _save(fig, path)
+    save(fig, path)
 
 
 def xy_lines(series: dict[str, dict[str, Any]], path: str | os.PathLike, title: str, xlabel: str,
@@ -205,7 +209,7 @@ def xy_lines(series: dict[str, dict[str, Any]], path: str | os.PathLike, title: 
     Each series is {"x": [...], "y": [...]} with optional "err" (error bars), "style"
     ("o-" markers and line, "--" a prediction, "o" markers only) and "color".
     """
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = figure(figsize=(7, 4.5))
     for label, s in series.items():
         style = s.get("style", "o-")
         if s.get("err") is not None:
@@ -225,22 +229,22 @@ def xy_lines(series: dict[str, dict[str, Any]], path: str | os.PathLike, title: 
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save(fig, path)
 
 
 def bar_panels(labels: Sequence[str], panels: dict[str, Sequence[float]],
                path: str | os.PathLike, title: str) -> None:
     """Horizontal bars of several quantities side by side, one panel each, for named variants."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 1.2 + 0.45 * len(labels)),
+    fig, axes = figure(1, len(panels), figsize=(5.5 * len(panels), 1.2 + 0.45 * len(labels)),
                              squeeze=False)
     for ax, (panel_title, values) in zip(axes[0], panels.items()):
         ax.barh(list(labels), list(values), color="tab:blue")
         ax.set_title(panel_title, fontsize=10)
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle(title)
-    _save(fig, path)
+    save(fig, path)
 
 
 def color(i: int, n: int):
     """The i-th of n colours along viridis, for lines ordered by a quantity."""
-    return plt.get_cmap("viridis")(i / max(n - 1, 1))
+    return matplotlib.colormaps["viridis"](i / max(n - 1, 1))
