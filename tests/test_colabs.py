@@ -11,7 +11,8 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "colabs").glob
 
 def test_every_study_has_its_notebook():
     names = {p.stem for p in NOTEBOOKS}
-    assert "grokking_critical_data_size" in names
+    assert names >= {"grokking_critical_data_size", "sentiment_grokking",
+                     "knowledge_phase_transitions", "bimix"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
