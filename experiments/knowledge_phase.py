@@ -13,7 +13,8 @@ critical ratio of each size, before any SynBio run:
   python -m experiments.knowledge_phase --config=experiments/knowledge_phase.py:web \
       --workdir=runs/kp_web
 Size x ratio (the size transition, critical ratio per size, its power law; with
---config.web_sweep=runs/kp_web the theory's predictions are drawn beside the measurements):
+--config.web_sweep=runs/kp_web the theory's predictions are drawn beside the measurements;
+3 presets x 4 ratios = 12 runs, ~2.5 hours on a 2-core CPU, estimated from the ratio sweep):
   python -m experiments.knowledge_phase --config=experiments/knowledge_phase.py:size \
       --config.web_sweep=runs/kp_web --workdir=runs/kp_size
 Below the threshold, more steps (1x, 2x, 4x):     :longer
