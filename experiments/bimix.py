@@ -43,14 +43,12 @@ import numpy as np
 
 from experiments import knowledge_mixing
 from phasemix import cli, domains, entropy_mix, losses, mixture, optimizer
-from phasemix import presets, run_io, sweep, tokenizer, train, validation
+from phasemix import presets, run_io, sweep, tokenizer, train, transitions, validation
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "bimix")
 MIX_TOL = 1e-6  # a mixture's shares must sum to 1 within this
 RESOLUTION = 10_000  # trained mixtures are multiples of 1e-4 (exact in names and configs)
 STRATEGIES = ("uniform", "natural", "entropy", "optimized")
-SPLIT_COLORS = {"fit": "lightgrey", "extrap_step": "tab:blue", "heldout_mix": "tab:orange",
-                "heldout_both": "tab:red"}
 
 
 def run_config(smoke: bool = False) -> ml_collections.ConfigDict:
@@ -425,26 +423,13 @@ def optimize(config: ml_collections.ConfigDict, fitted: dict, curves: dict[str, 
         mixture_opt.check_bounds(lo, hi)
     except ValueError as e:
         raise validation.ConfigError(f"--config.min_weight={config.min_weight}: {e}") from e
-    weights = np.full(num_domains, 1 / num_domains)
     facts = {"min_share": lo.tolist(), "max_share": hi.tolist(), "step": step}
-    if config.optimize_law == "bimix":
-        coefficients = [law.constrain(p) for law, p in laws_params]
-        alpha, k = mixture_opt.bimix_coefficients(coefficients, step, weights)
-        try:
-            r, method = mixture_opt.bimix_optimal_mixture(alpha, k, lo, hi)
-            return r, {"method": method, **facts}
-        except ValueError:  # an exponent fitted to 0 (a domain blind to its share): below
-            pass
-    fn = mixture_opt.predicted_loss_fn(*zip(*laws_params), step, weights)
-    return (mixture_opt.minimize_on_simplex(fn, num_domains, lo, hi),
-            {"method": "projected_gradient", **facts})
+    r, method = mixture_opt.optimal_mixture(*zip(*laws_params), step,
+                                            np.full(num_domains, 1 / num_domains), lo, hi)
+    return r, {"method": method, **facts}
 
 
 # --- Comparison -------------------------------------------------------------------------------
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
 
 def compare(config: ml_collections.ConfigDict, strategies: dict[str, tuple],
             rows: list[dict[str, Any]], fitted: dict, names: tuple[str, ...]) -> list[dict]:
@@ -458,9 +443,9 @@ def compare(config: ml_collections.ConfigDict, strategies: dict[str, tuple],
     for label, mix in strategies.items():
         runs = by_label[label]
         seeds = sorted(runs)
-        mean, std = _mean_std([runs[s]["avg_valid_loss"] for s in seeds])
+        mean, std = transitions.mean_std([runs[s]["avg_valid_loss"] for s in seeds])
         diffs = [runs[s]["avg_valid_loss"] - uniform[s]["avg_valid_loss"] for s in seeds]
-        diff_mean, diff_std = _mean_std(diffs)
+        diff_mean, diff_std = transitions.mean_std(diffs)
         entry = {"strategy": label, **{f"share_{n}": w for n, w in zip(names, mix)},
                  "seeds": len(seeds), "avg_valid_loss_mean": mean, "avg_valid_loss_std": std,
                  **{f"avg_valid_loss_seed{s}": runs[s]["avg_valid_loss"] for s in seeds},
@@ -504,27 +489,8 @@ def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path) -> None:
     """Predicted against measured validation loss: a row per law, a column per domain."""
     from phasemix import plotting
 
-    rows = sweep.read_table(predictions_csv)
-    laws = list(dict.fromkeys(r["law"] for r in rows))
-    names = list(dict.fromkeys(r["domain"] for r in rows))
-    fig, axes = plotting.figure(len(laws), len(names), squeeze=False,
-                             figsize=(3.0 * len(names), 2.9 * len(laws)))
-    for (i, law), (j, domain) in ((a, b) for a in enumerate(laws) for b in enumerate(names)):
-        ax = axes[i][j]
-        cell = [r for r in rows if r["law"] == law and r["domain"] == domain]
-        for split, color in SPLIT_COLORS.items():
-            ax.scatter([r["loss"] for r in cell if r["split"] == split],
-                       [r["pred"] for r in cell if r["split"] == split],
-                       s=6, color=color, label=split)
-        ends = [min(min(r["loss"], r["pred"]) for r in cell),
-                max(max(r["loss"], r["pred"]) for r in cell)]
-        ax.plot(ends, ends, color="black", linewidth=0.6)
-        ax.set_title(f"{law}: {domain}", fontsize=9)
-        ax.set_xlabel("measured validation loss", fontsize=8)
-        ax.set_ylabel("predicted", fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6, markerscale=2)
-    plotting.save(fig, path)
+    plotting.predicted_vs_measured(sweep.read_table(predictions_csv), "law", "domain", path,
+                                   "Predicted vs measured validation loss of the proxies")
 
 
 def plot_strategies(comparison_csv: pathlib.Path, path: pathlib.Path, title: str) -> None:

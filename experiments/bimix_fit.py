@@ -306,14 +306,8 @@ def optimal_mixtures(config: ml_collections.ConfigDict, model: str, fitted: dict
             if law_name == "step_only":
                 continue
             laws, params = zip(*(fitted[(policy, law_name, d)] for d in range(len(DOMAINS))))
-            if law_name == "bimix":
-                coefficients = [law.constrain(p) for law, p in zip(laws, params)]
-                alpha, k = mixture_opt.bimix_coefficients(coefficients, config.opt.step, weights)
-                r, method = mixture_opt.bimix_optimal_mixture(alpha, k, lo, hi)
-            else:
-                fn = mixture_opt.predicted_loss_fn(laws, params, config.opt.step, weights)
-                r, method = mixture_opt.minimize_on_simplex(fn, len(DOMAINS), lo, hi), \
-                    "projected_gradient"
+            r, method = mixture_opt.optimal_mixture(laws, params, config.opt.step, weights,
+                                                    lo, hi)
 
             def predicted(mix_MxK):
                 steps = np.full(len(mix_MxK), config.opt.step)
@@ -369,32 +363,9 @@ def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path, zero_sha
     from phasemix import plotting
 
     rows = [r for r in sweep.read_table(predictions_csv) if r["zero_share"] == zero_share]
-    laws = list(dict.fromkeys(r["law"] for r in rows))
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plotting.figure(len(laws), len(models), squeeze=False,
-                             figsize=(3.2 * len(models), 3.0 * len(laws)))
-    colors = {"fit": "lightgrey", "extrap_step": "tab:blue", "heldout_mix": "tab:orange",
-              "heldout_both": "tab:red"}
-    for i, law in enumerate(laws):
-        for j, model in enumerate(models):
-            ax = axes[i][j]
-            cell = [r for r in rows if r["law"] == law and r["model"] == model]
-            for split, color in colors.items():
-                pts = [(r["loss"], r["pred"]) for r in cell if r["split"] == split]
-                if pts:
-                    x, y = zip(*pts)
-                    ax.scatter(x, y, s=4, color=color, label=split, alpha=0.7)
-            if cell:
-                lo = min(min(r["loss"], r["pred"]) for r in cell)
-                hi = max(max(r["loss"], r["pred"]) for r in cell)
-                ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.6)
-            ax.set_title(f"{law}, {model}", fontsize=9)
-            ax.set_xlabel("measured loss", fontsize=8)
-            ax.set_ylabel("predicted", fontsize=8)
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6, markerscale=2)
-    fig.suptitle(f"Predicted vs measured group loss (zero share: {zero_share}; all 5 groups)")
-    plotting.save(fig, path)
+    plotting.predicted_vs_measured(
+        rows, "law", "model", path,
+        f"Predicted vs measured group loss (zero share: {zero_share}; all 5 groups)")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, curves: str | pathlib.Path =

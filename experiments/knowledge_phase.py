@@ -150,10 +150,6 @@ def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
 
 # --- Analysis -------------------------------------------------------------------------------
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def per_point(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
     """Seed means (and std of the accuracy) per grid point `keys`, in sorted order."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -161,7 +157,7 @@ def per_point(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[st
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
     out = []
     for point, group in sorted(groups.items()):
-        mean, std = _mean_std([r[ACCURACY] for r in group])
+        mean, std = transitions.mean_std([r[ACCURACY] for r in group])
         entry = {**dict(zip(keys, point)), "seeds": len(group), f"{ACCURACY}_mean": mean,
                  f"{ACCURACY}_std": std}
         for key in ("people_all_attributes", "web_val_loss", "exposures_mean", "params",

@@ -183,3 +183,23 @@ def predicted_loss_fn(laws: Sequence[Law], params: Sequence[Params], step: float
     weights = jnp.ones(len(laws)) if weights_K is None else jnp.asarray(weights_K, jnp.float32)
     return jax.tree_util.Partial(_predicted_loss, tuple(laws), tuple(params),
                                  jnp.asarray(step, jnp.float32), weights)
+
+
+def optimal_mixture(laws: Sequence[Law], params: Sequence[Params], step: float,
+                    weights_K: Any = None, lo_K: Any = None, hi_K: Any = None
+                    ) -> tuple[np.ndarray, str]:
+    """(r_K, method): the mixture the fitted per-domain laws predict best at `step`.
+
+    BiMix laws take the exact Lagrange optimum when it respects the bounds; any other law,
+    and BiMix fits the Lagrange form cannot take (an exponent fitted to 0, or a bound active
+    with a zero minimum weight), go to the projected-gradient solver on the laws themselves.
+    """
+    if all(law.name == "bimix" for law in laws):
+        coefficients = [law.constrain(p) for law, p in zip(laws, params)]
+        alpha, k = bimix_coefficients(coefficients, step, weights_K)
+        try:
+            return bimix_optimal_mixture(alpha, k, lo_K, hi_K)
+        except ValueError:
+            pass
+    fn = predicted_loss_fn(laws, params, step, weights_K)
+    return minimize_on_simplex(fn, len(laws), lo_K, hi_K), "projected_gradient"

@@ -248,3 +248,37 @@ def bar_panels(labels: Sequence[str], panels: dict[str, Sequence[float]],
 def color(i: int, n: int):
     """The i-th of n colours along viridis, for lines ordered by a quantity."""
     return matplotlib.colormaps["viridis"](i / max(n - 1, 1))
+
+
+SPLIT_COLORS = {"fit": "lightgrey", "extrap_step": "tab:blue", "heldout_mix": "tab:orange",
+                "heldout_both": "tab:red"}
+
+
+def predicted_vs_measured(rows: Sequence[dict[str, Any]], row_key: str, col_key: str,
+                          path: str | os.PathLike, title: str = "") -> None:
+    """A fitted law's predicted against measured loss: a panel per (row_key, col_key) value,
+    points coloured by the evaluation split, the diagonal drawn."""
+    row_values = list(dict.fromkeys(r[row_key] for r in rows))
+    col_values = list(dict.fromkeys(r[col_key] for r in rows))
+    fig, axes = figure(len(row_values), len(col_values), squeeze=False,
+                       figsize=(3.1 * len(col_values), 2.9 * len(row_values)))
+    for i, row_value in enumerate(row_values):
+        for j, col_value in enumerate(col_values):
+            ax = axes[i][j]
+            cell = [r for r in rows if r[row_key] == row_value and r[col_key] == col_value]
+            for split, split_color in SPLIT_COLORS.items():
+                points = [(r["loss"], r["pred"]) for r in cell if r["split"] == split]
+                if points:
+                    ax.scatter(*zip(*points), s=5, color=split_color, label=split, alpha=0.8)
+            if cell:
+                ends = [min(min(r["loss"], r["pred"]) for r in cell),
+                        max(max(r["loss"], r["pred"]) for r in cell)]
+                ax.plot(ends, ends, color="black", linewidth=0.6)
+            ax.set_title(f"{row_value}: {col_value}", fontsize=9)
+            ax.set_xlabel("measured loss", fontsize=8)
+            ax.set_ylabel("predicted", fontsize=8)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, markerscale=2)
+    if title:
+        fig.suptitle(title)
+    save(fig, path)

@@ -26,7 +26,8 @@ def first_step_at_least(rows: Iterable[Mapping[str, Any]], key: str, threshold: 
     return None
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (0 for one value; None, None for none)."""
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -47,8 +48,8 @@ def per_size(runs: Iterable[Mapping[str, Any]], size_key: str) -> list[dict[str,
         memorized = [r["step_memorized"] for r in group if r.get("step_memorized") is not None]
         generalized = [r["step_generalized"] for r in group
                        if r.get("step_generalized") is not None]
-        mem_mean, mem_std = _mean_std(memorized)
-        gen_mean, gen_std = _mean_std(generalized)
+        mem_mean, mem_std = mean_std(memorized)
+        gen_mean, gen_std = mean_std(generalized)
         out.append({"size": size, "seeds": len(group),
                     "fraction_memorized": len(memorized) / len(group),
                     "fraction_generalized": len(generalized) / len(group),

@@ -93,3 +93,24 @@ def test_fitted_laws_give_the_same_optimum_through_either_route():
     general = mo.minimize_on_simplex(mo.predicted_loss_fn(laws, params, 1e4, weights), 3,
                                      lo_K=0.01)
     np.testing.assert_allclose(general, mo.bimix_lagrange(alpha, k), atol=1e-3)
+
+
+def test_optimal_mixture_takes_the_closed_form_for_bimix_and_the_solver_otherwise():
+    laws = [ml.make_law("bimix", 3, d) for d in range(3)]
+    params = [law.unconstrain(dict(alpha=a, beta=0.5, B=50.0, C=1.0))
+              for law, a in zip(laws, [0.05, 0.3, 0.1])]
+    r, method = mo.optimal_mixture(laws, params, 1e4, lo_K=0.01)
+    assert method == "closed_form"
+    general = mo.minimize_on_simplex(mo.predicted_loss_fn(laws, params, 1e4), 3, lo_K=0.01)
+    np.testing.assert_allclose(r, general, atol=1e-3)
+    # A cap that binds with a zero minimum weight has no Lagrange form: the general solver
+    # takes over on the laws themselves (BiMix floors a zero share at epsilon).
+    r, method = mo.optimal_mixture(laws, params, 1e4, lo_K=0.0, hi_K=[1.0, 0.2, 1.0])
+    assert method == "projected_gradient"
+    assert abs(r.sum() - 1) < 1e-5 and r[1] <= 0.2 + 1e-6
+    ye = [ml.make_law("ye", 3, d) for d in range(3)]
+    ye_params = [law.init(jax.random.key(d)) for d, law in enumerate(ye)]
+    r, method = mo.optimal_mixture(ye, ye_params, 1e4, lo_K=0.05)
+    assert method == "projected_gradient"
+    expected = mo.minimize_on_simplex(mo.predicted_loss_fn(ye, ye_params, 1e4), 3, lo_K=0.05)
+    np.testing.assert_allclose(r, expected, atol=1e-6)
