@@ -13,17 +13,22 @@ def decoder():
     cfg = model_lib.TransformerConfig(vocab_size=13, max_len=16, d_model=16, num_heads=2,
                                       d_mlp=32)
     model = model_lib.Transformer(cfg)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))["params"]
     # A large init makes argmax decisive, so the test does not hinge on float ties.
     params = jax.tree.map(lambda p: 3 * p, params)
     return model, params
 
 
 def _naive_greedy(model, params, prompt, num_new):
+    # One full forward pass per new token; the sequence sits in a fixed 16-slot buffer so that
+    # one compilation serves every length (the decoder is causal: tested in test_model).
+    forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
     tokens = list(prompt)
     for _ in range(num_new):
-        logits = model.apply({"params": params}, jnp.asarray([tokens]))
-        tokens.append(int(jnp.argmax(logits[0, -1])))
+        buffer = np.zeros((1, 16), np.int32)
+        buffer[0, :len(tokens)] = tokens
+        logits = forward(params, jnp.asarray(buffer))
+        tokens.append(int(jnp.argmax(logits[0, len(tokens) - 1])))
     return tokens[len(prompt):]
 
 

@@ -17,7 +17,7 @@ def make(causal=True, num_classes=None, **kw):
                                       num_classes=num_classes, **kw).validate()
     model = model_lib.Transformer(cfg)
     tokens = jax.random.randint(jax.random.key(1), (B, L), 0, V)
-    return model, model.init(jax.random.key(0), tokens)["params"], tokens
+    return model, jax.jit(model.init)(jax.random.key(0), tokens)["params"], tokens
 
 
 @pytest.mark.parametrize("pos", model_lib.POS_EMBEDDINGS)
@@ -50,9 +50,8 @@ def test_last_position_only_matches_the_full_model_there():
     chex.assert_shape(logits_last, (B, 1, V))
     np.testing.assert_allclose(logits_last[:, 0], logits_full[:, -1], rtol=1e-5, atol=1e-6)
     batch = {"targets": tokens, "loss_mask": jnp.zeros((B, L)).at[:, -1].set(1.0)}
-    grads = [jax.grad(lambda p, m=m: losses.masked_token_loss(m.apply({"params": p}, tokens),
-                                                              batch)[0])(params)
-             for m in (full, trimmed)]
+    grads = [jax.jit(jax.grad(lambda p, m=m: losses.masked_token_loss(
+                 m.apply({"params": p}, tokens), batch)[0]))(params) for m in (full, trimmed)]
     chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
     with pytest.raises(validation.ConfigError, match="--config.model.last_position_only"):
         make(causal=False, num_classes=2, last_position_only=True)
