@@ -156,6 +156,13 @@ def analyse(rows: list[dict[str, Any]], budget: int, size_field: str) -> dict[st
             "per_size": stats}
 
 
+def thresholds(config: ml_collections.ConfigDict) -> tuple[float, float]:
+    """(train accuracy that counts as memorised, test accuracy that counts as generalised)."""
+    if config.study == "sentiment":
+        return config.base.task.memorized_at, config.base.task.generalized_at
+    return grokking.MEMORIZED_AT, grokking.GENERALIZED_AT
+
+
 def _figures(config, workdir: pathlib.Path, rows, analysis) -> None:
     budget = config.base.num_steps
     study = STUDIES[config.study]
@@ -177,9 +184,11 @@ def _figures(config, workdir: pathlib.Path, rows, analysis) -> None:
     if config.mode == "sample":
         if config.study == "modular":
             _pca_figure(config, workdir, rows)
+        seeds = f"{len(config.seeds)} seed{'s' if len(config.seeds) > 1 else ''}"
         plotting.steps_vs_size(analysis["per_size"], analysis, budget,
                                workdir / "steps_vs_size.png",
-                               f"Steps to memorise / generalise ({len(config.seeds)} seeds)")
+                               f"Steps to memorise / generalise ({task}, {seeds})",
+                               *thresholds(config), xlabel=study.size_label)
     else:
         accuracy: dict[tuple[Any, Any], list[float]] = {}
         for row in rows:

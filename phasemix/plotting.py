@@ -73,14 +73,15 @@ def curves_by_group(curves: dict[Any, Sequence[dict[str, Any]]], key: str, path:
 
 
 def steps_vs_size(stats: Sequence[dict[str, Any]], cds: dict[str, Any], budget: int,
-                  path: str | os.PathLike, title: str) -> None:
+                  path: str | os.PathLike, title: str, memorized_at: float = 0.99,
+                  generalized_at: float = 0.95, xlabel: str = "training set size") -> None:
     """Mean (+- std over seeds) steps to memorise and to generalise against data size, with the
     critical size and its band; sizes where no seed generalised sit at the budget line."""
     fig, ax = figure(figsize=(7, 4.5))
     sizes = [s["size"] for s in stats]
-    for prefix, label, color in (("step_memorized", "memorise (train acc >= 0.99)", "tab:blue"),
-                                 ("step_generalized", "generalise (test acc >= 0.95)",
-                                  "tab:orange")):
+    for prefix, label, color in (
+            ("step_memorized", f"memorise (train acc >= {memorized_at:g})", "tab:blue"),
+            ("step_generalized", f"generalise (test acc >= {generalized_at:g})", "tab:orange")):
         xs = [s["size"] for s in stats if s[f"{prefix}_mean"] is not None]
         ys = [s[f"{prefix}_mean"] for s in stats if s[f"{prefix}_mean"] is not None]
         es = [s[f"{prefix}_std"] for s in stats if s[f"{prefix}_mean"] is not None]
@@ -99,7 +100,7 @@ def steps_vs_size(stats: Sequence[dict[str, Any]], cds: dict[str, Any], budget: 
     ax.set_yscale("log")
     ax.set_xticks(sizes)
     ax.tick_params(axis="x", labelrotation=45)
-    ax.set_xlabel("training set size")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("steps")
     ax.set_title(title)
     ax.grid(alpha=0.3)
