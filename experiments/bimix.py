@@ -23,7 +23,7 @@ Overrides: --config.num_proxies=16 --config.seeds='(0,1,2)' --config.base.num_st
 --config.base.domains.names='("reviews","code")' --config.laws='("bimix","ye","linear","step_only")'
 --config.extra_mixtures='((0.4,0.3,0.2,0.1),)' (compared too) --config.workers=1.
 
-The default's size and its measured time (~45 minutes on a 2-core CPU): see get_config.
+The default takes 26 minutes on a 2-core CPU (measured; see get_config).
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     CPU-seconds with one XLA thread, as a sweep worker runs it (279 s wall; ~35 s of it
     loading data and compiling); two seeds of the uniform mixture: 244 and 245 s. The fits
     of the default (3 laws x 4 domains, twice each) on curves of that shape: 44 CPU-seconds.
-    So the study should take ~45 minutes on 2 workers: 10 rounds of 2 parallel runs plus the
-    fits. The full study was not run when these were measured.
+    The whole default study, measured alone on that CPU: 1,546 s (25.8 min) wall, ~145 s per
+    run on 2 workers plus the fits (README: what it found).
     """
     if variant not in ("", "smoke"):
         validation.fail("config", f"unknown variant {variant!r}; use '' or 'smoke'")
