@@ -17,6 +17,9 @@ Size x ratio (the size transition, critical ratio per size, its power law; with
 3 presets x 4 ratios = 12 runs, ~2.5 hours on a 2-core CPU, estimated from the ratio sweep):
   python -m experiments.knowledge_phase --config=experiments/knowledge_phase.py:size \
       --config.web_sweep=runs/kp_web --workdir=runs/kp_size
+The README's size sweep samples each size around its own threshold (11 runs):
+  ... :size --config.presets='("tiny-48","tiny-64","tiny-96")' \
+      --config.ratios_per_preset='((0.2,0.3,0.45,0.7),(0.15,0.2,0.3),(0.06,0.09,0.13,0.2))'
 Below the threshold, more steps (1x, 2x, 4x):     :longer
 Mitigations at a sub-critical ratio (subsample, compact tuples):     :mitigation
 Threshold frequency (power-law popularity, accuracy against exposures per size):     :frequency
@@ -64,6 +67,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # (README); 4 points keep the sweep to two rounds of 2 parallel runs.
     config.ratios = (0.1, 0.15, 0.2, 0.3)
     config.presets = ("tiny-32", "tiny-48", "tiny-64")  # size, web and frequency modes
+    # Size mode: one ratio grid per preset (same order as presets), so that each size is
+    # sampled around its own critical ratio; empty: every preset at `ratios`.
+    config.ratios_per_preset = ()
     config.seeds = (0,)
     config.level = 0.5  # accuracy at which a ratio / size / frequency counts as critical
     # Longer and mitigation modes: below the threshold (accuracy 0.04 at the default size), and
@@ -103,6 +109,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         values = config[field] if field == "ratios" else (config[field],)
         validation.require(len(values) > 0 and all(0 < r <= 1 for r in values), field,
                            "ratios must be in (0, 1]", config[field])
+    if config.ratios_per_preset:
+        validation.require(len(config.ratios_per_preset) == len(config.presets),
+                           "ratios_per_preset", f"needs one ratio grid per preset "
+                           f"{tuple(config.presets)}", config.ratios_per_preset)
+        validation.require(all(len(g) > 0 and all(0 < r <= 1 for r in g)
+                               for g in config.ratios_per_preset), "ratios_per_preset",
+                           "every grid needs ratios in (0, 1]", config.ratios_per_preset)
     for field in ("presets", "seeds", "steps_multipliers"):
         validation.require(len(config[field]) > 0, field, "needs at least one value",
                            config[field])
@@ -128,7 +141,9 @@ def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     if config.mode == "ratio":
         return sweep.grid({"ratio": config.ratios, **seeds})
     if config.mode == "size":
-        return sweep.grid({"model.preset": config.presets, "ratio": config.ratios, **seeds})
+        return [{"model.preset": preset, "ratio": ratio, "seed": seed}
+                for preset, ratios in size_grid(config).items() for ratio in ratios
+                for seed in config.seeds]
     if config.mode == "web":
         return sweep.grid({"model.preset": config.presets, **seeds}, {"ratio": 0.0})
     if config.mode == "longer":
@@ -146,6 +161,17 @@ def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
                        "synbio.popularity_exponent": config.popularity_exponent,
                        "synbio.num_people": config.frequency_people,
                        "final_eval_people": config.frequency_people})
+
+
+def size_grid(config: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
+    """Size mode: preset -> its ratios (`ratios_per_preset`, else `ratios` for every preset)."""
+    grids = config.ratios_per_preset or [config.ratios] * len(config.presets)
+    return {preset: tuple(grid) for preset, grid in zip(config.presets, grids)}
+
+
+def size_ratios(config: ml_collections.ConfigDict) -> list[float]:
+    """Every ratio of the size grid, sorted."""
+    return sorted({r for grid in size_grid(config).values() for r in grid})
 
 
 # --- Analysis -------------------------------------------------------------------------------
@@ -234,7 +260,8 @@ def _theory_summary(config, law: capacity.WebLaw, knapsack: capacity.Knapsack,
         "theory_critical_ratio": {p: knapsack.critical_ratio(n, config.level)
                                   for p, n in sizes.items()},
         "theory_critical_params": {f"{r:g}": knapsack.critical_params(r, config.level)
-                                   for r in config.ratios},
+                                   for r in (size_ratios(config) if config.mode == "size"
+                                             else config.ratios)},
     }
 
 
@@ -272,8 +299,10 @@ def _analyse_size(config, workdir: pathlib.Path, rows) -> dict[str, Any]:
         per_size.append({"preset": preset, "params": mine[0][x_key],
                          **critical_point(mine, "ratio", config.level, seeds),
                          **sharpness(mine, "ratio")})
-    for ratio in config.ratios:
+    for ratio in size_ratios(config):
         mine = [p for p in points if p["ratio"] == ratio]
+        if len(mine) < 2:  # a critical size needs >= 2 sizes at this ratio
+            continue
         seeds = [r for r in rows if r["ratio"] == ratio]
         per_ratio.append({"ratio": ratio, **critical_point(mine, x_key, config.level, seeds)})
     measured = [s for s in per_size if s["critical"] is not None]
@@ -300,12 +329,25 @@ def _analyse_size(config, workdir: pathlib.Path, rows) -> dict[str, Any]:
 def _size_figures(config, workdir, points, per_size, summary, theory) -> None:
     x_key = config.param_count
     series = {}
-    for i, ratio in enumerate(config.ratios):
+    ratios = size_ratios(config)
+    for i, ratio in enumerate(ratios):
         mine = sorted((p for p in points if p["ratio"] == ratio), key=lambda p: p[x_key])
         series[f"r={ratio:g}"] = {"x": [p[x_key] for p in mine],
                                   "y": [p[f"{ACCURACY}_mean"] for p in mine],
                                   "err": [p[f"{ACCURACY}_std"] for p in mine],
-                                  "color": plotting.color(i, len(config.ratios))}
+                                  "color": plotting.color(i, len(ratios))}
+    by_size = {}
+    for i, preset in enumerate(config.presets):
+        mine = sorted((p for p in points if p["model.preset"] == preset),
+                      key=lambda p: p["ratio"])
+        by_size[f"{preset} ({mine[0][x_key]:,.0f})"] = {
+            "x": [p["ratio"] for p in mine], "y": [p[f"{ACCURACY}_mean"] for p in mine],
+            "err": [p[f"{ACCURACY}_std"] for p in mine],
+            "color": plotting.color(i, len(config.presets))}
+    plotting.xy_lines(by_size, workdir / "accuracy_vs_ratio_by_size.png",
+                      "Accuracy against mixing ratio, one line per model size",
+                      "mixing ratio r (share of SynBio tokens)", "exact-match accuracy",
+                      hline=config.level)
     plotting.xy_lines(series, workdir / "accuracy_vs_size.png",
                       "Accuracy against model size, one line per mixing ratio",
                       f"parameters ({x_key})", "exact-match accuracy", hline=config.level)

@@ -50,6 +50,22 @@ def test_bad_config_names_the_flag(field, value, flag):
         knowledge_phase.validate(config)
 
 
+def test_size_mode_takes_one_ratio_grid_per_preset():
+    config = knowledge_phase.get_config("size_smoke")
+    config.ratios_per_preset = ((0.5, 1.0), (0.2,), (0.1, 0.2))
+    grid = knowledge_phase.overrides(config)
+    assert [(g["model.preset"], g["ratio"]) for g in grid] == [
+        ("tiny-16", 0.5), ("tiny-16", 1.0), ("tiny-32", 0.2), ("tiny-48", 0.1),
+        ("tiny-48", 0.2)]
+    assert knowledge_phase.size_ratios(config) == [0.1, 0.2, 0.5, 1.0]
+    config.ratios_per_preset = ((0.5,), (0.2,))
+    with pytest.raises(validation.ConfigError, match="ratios_per_preset"):
+        knowledge_phase.validate(config)
+    config.ratios_per_preset = ((0.5,), (0.2,), (0.0,))
+    with pytest.raises(validation.ConfigError, match="ratios_per_preset"):
+        knowledge_phase.validate(config)
+
+
 def test_web_mode_refuses_fewer_than_three_sizes():
     config = knowledge_phase.get_config("web_smoke")
     config.presets = ("tiny-16", "tiny-32")
@@ -116,6 +132,24 @@ def test_size_analysis_fits_the_critical_ratio_power_law_and_overlays_the_theory
     assert set(summary["theory_critical_ratio"]) == set(config.presets)
     for name in ("accuracy_vs_size.png", "accuracy_heatmap.png", "critical_ratio_vs_size.png"):
         assert (tmp_path / name).exists(), name
+
+
+def test_size_analysis_with_per_preset_grids_finds_each_critical_ratio(tmp_path):
+    config = knowledge_phase.get_config("size")
+    config.presets = ("tiny-32", "tiny-64", "tiny-96")
+    full = [float(r) for r in np.geomspace(0.01, 1.0, 13)]
+    # Each size sampled on its own 5 ratios around r_c = 0.1 * (P / 1e5)^-1.
+    config.ratios_per_preset = (tuple(full[7:12]), tuple(full[3:8]), tuple(full[1:6]))
+    wanted = {(p, r) for p, grid in knowledge_phase.size_grid(config).items() for r in grid}
+    rows = [r for r in _size_rows(-1.0) if (r["model.preset"], r["ratio"]) in wanted]
+    summary = knowledge_phase._analyse_size(config, tmp_path, rows)
+    critical = {s["preset"]: s["critical"] for s in summary["per_size"]}
+    for preset, n in (("tiny-32", 3e4), ("tiny-64", 1e5), ("tiny-96", 2e5)):
+        assert critical[preset] == pytest.approx(0.1 * (n / 1e5) ** -1.0, rel=0.5), preset
+    assert summary["critical_ratio_power_law"]["exponent"] == pytest.approx(-1.0, abs=0.3)
+    # Only ratios sampled at >= 2 sizes get a critical size.
+    assert all(sum(r == e["ratio"] for _, r in wanted) >= 2 for e in summary["per_ratio"])
+    assert (tmp_path / "accuracy_vs_ratio_by_size.png").exists()
 
 
 def test_ratio_sweep_end_to_end(tmp_path):
