@@ -23,11 +23,13 @@ summary.json (medians over groups and draws), optimal_mixtures.json.
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import json
 import math
+import os
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
@@ -71,6 +73,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.step_cut = 20000  # fit on steps <= step_cut, extrapolate to the later ones
     config.heldout_fraction = 0.25  # of each size's mixtures, held out of the fit
     config.num_splits = 2  # held-out draws (each its own fit); the table keeps every draw
+    config.threads = 0  # fits run concurrently on this many threads (0: one per CPU core)
     # How BiMix meets r_i = 0: `drop` removes those rows (for every law, so that all are
     # scored on the same rows); `epsilon` keeps them with r_i = max(r_i, epsilon).
     config.zero_shares = ("drop", "epsilon")
@@ -130,6 +133,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        "extrapolate to", config.step_cut)
     validation.require_positive(config, "step_cut", "num_splits", "fit.num_starts",
                                 "fit.max_iter", "fit.delta", "opt.step")
+    validation.require(config.threads >= 0, "threads", "must be >= 0 (0: one per core)",
+                       config.threads)
     validation.require(config.fit.tol >= 0, "fit.tol", "must be >= 0", config.fit.tol)
     weights = np.asarray(config.opt.domain_weights, float)
     validation.require(weights.shape == (len(DOMAINS),), "opt.domain_weights",
@@ -242,50 +247,108 @@ def select(data: dict[str, np.ndarray], config: ml_collections.ConfigDict, model
 
 # --- Fitting ----------------------------------------------------------------------------------
 
-def fit_model(config: ml_collections.ConfigDict, model: str, model_index: int,
-              data: dict[str, np.ndarray], pad_to: int) -> tuple[list[dict], list[dict], dict]:
-    """(table rows, prediction rows of the first draw, fitted laws of the first draw)."""
+def _heldout(config: ml_collections.ConfigDict, data: dict[str, np.ndarray], model_index: int,
+             split: int) -> np.ndarray:
+    from phasemix import law_fit
+
+    return law_fit.choose_heldout_mixtures(data["mixture_N"], config.heldout_fraction,
+                                           seed=[config.seed, split, model_index])
+
+
+def fit_rows(config: ml_collections.ConfigDict, selected: dict[str, dict[str, np.ndarray]]
+             ) -> int:
+    """The most rows any fit of the run sees (steps <= step_cut of the mixtures kept)."""
+    from phasemix import law_fit
+
+    most = 0
+    for model_index, model in enumerate(config.models):
+        data = selected[model]
+        for split in range(config.num_splits):
+            splits = law_fit.protocol_splits(data["step_N"], data["mixture_N"], config.step_cut,
+                                             _heldout(config, data, model_index, split))
+            most = max(most, int(np.sum(splits == "fit")))
+    return most
+
+
+class Job(NamedTuple):
+    """One fit: a law for one group of one model, one zero-share policy, one held-out draw."""
+
+    model: str
+    model_index: int
+    split: int
+    policy: str
+    domain_index: int
+    law_name: str
+
+
+def jobs_for(config: ml_collections.ConfigDict) -> list[Job]:
+    """Every fit of the run, the law innermost (so that the first jobs compile every family)."""
+    return [Job(model, model_index, split, policy, d, law_name)
+            for model_index, model in enumerate(config.models)
+            for split in range(config.num_splits) for policy in config.zero_shares
+            for d in range(len(DOMAINS)) for law_name in config.laws]
+
+
+def fit_job(config: ml_collections.ConfigDict, job: Job, data: dict[str, np.ndarray],
+            pad_to: int) -> tuple[dict, list[dict], Any]:
+    """(table row, prediction rows, (law, fitted params)) of one fit."""
     from phasemix import law_fit, mixing_laws
 
-    rows, predictions, fitted = [], [], {}
-    for split in range(config.num_splits):
-        heldout = law_fit.choose_heldout_mixtures(data["mixture_N"], config.heldout_fraction,
-                                                  seed=[config.seed, split, model_index])
-        for policy in config.zero_shares:
-            for d, domain in enumerate(DOMAINS):
-                loss_N = data["loss_NxK"][:, d]
-                keep = np.isfinite(loss_N) & mixing_laws.zero_share_keep(data["props_NxK"], d,
-                                                                         policy)
-                dropped_zero = int(np.sum(np.isfinite(loss_N) & ~keep))
-                for law_name in config.laws:
-                    law = mixing_laws.make_law(law_name, len(DOMAINS), d, config.epsilon)
-                    result = law_fit.evaluate_protocol(
-                        law, law_fit.fit_key(config.seed, split, model_index, d,
-                                  mixing_laws.LAW_NAMES.index(law_name)),
-                        data["step_N"][keep], data["props_NxK"][keep], loss_N[keep],
-                        data["mixture_N"][keep], step_cut=config.step_cut, heldout_ids=heldout,
-                        pad_to=pad_to, **config.fit.to_dict())
-                    row = {"model": model, "law": law_name, "domain": domain,
-                           "zero_share": policy, "split": split,
-                           "heldout_mixtures": " ".join(map(str, heldout)),
-                           "rows_dropped_zero_share": dropped_zero,
-                           "fraction_dropped_zero_share": dropped_zero / int(np.sum(
-                               np.isfinite(loss_N))),
-                           "fit_objective": float(result.fit.loss),
-                           "fit_iterations": int(result.fit.iterations)}
-                    for name, scores in result.metrics.items():
-                        row.update({f"{name}_{k}": v for k, v in scores.items()})
-                    rows.append(row)
-                    if split == 0:
-                        fitted[(policy, law_name, d)] = (law, result.fit.params)
-                        predictions += [
-                            {"model": model, "law": law_name, "domain": domain,
-                             "zero_share": policy, "mixture_id": int(m), "step": int(s),
-                             "split": str(sp), "loss": float(y), "pred": float(p)}
-                            for m, s, sp, y, p in zip(data["mixture_N"][keep],
-                                                      data["step_N"][keep], result.split_N,
-                                                      loss_N[keep], result.pred_N)]
-    return rows, predictions, fitted
+    heldout = _heldout(config, data, job.model_index, job.split)
+    d, domain = job.domain_index, DOMAINS[job.domain_index]
+    loss_N = data["loss_NxK"][:, d]
+    keep = np.isfinite(loss_N) & mixing_laws.zero_share_keep(data["props_NxK"], d, job.policy)
+    dropped_zero = int(np.sum(np.isfinite(loss_N) & ~keep))
+    law = mixing_laws.make_law(job.law_name, len(DOMAINS), d, config.epsilon)
+    result = law_fit.evaluate_protocol(
+        law, law_fit.fit_key(config.seed, job.split, job.model_index, d,
+                             mixing_laws.LAW_NAMES.index(job.law_name)),
+        data["step_N"][keep], data["props_NxK"][keep], loss_N[keep], data["mixture_N"][keep],
+        step_cut=config.step_cut, heldout_ids=heldout, pad_to=pad_to,
+        num_starts=config.fit.num_starts, max_iter=config.fit.max_iter,
+        delta=config.fit.delta, tol=config.fit.tol)
+    row = {"model": job.model, "law": job.law_name, "domain": domain,
+           "zero_share": job.policy, "split": job.split,
+           "heldout_mixtures": " ".join(map(str, heldout)),
+           "rows_dropped_zero_share": dropped_zero,
+           "fraction_dropped_zero_share": dropped_zero / int(np.sum(np.isfinite(loss_N))),
+           "fit_objective": float(result.fit.loss),
+           "fit_iterations": int(result.fit.iterations)}
+    for name, scores in result.metrics.items():
+        row.update({f"{name}_{k}": v for k, v in scores.items()})
+    predictions = [] if job.split else [
+        {"model": job.model, "law": job.law_name, "domain": domain, "zero_share": job.policy,
+         "mixture_id": int(m), "step": int(s), "split": str(sp), "loss": float(y),
+         "pred": float(p)}
+        for m, s, sp, y, p in zip(data["mixture_N"][keep], data["step_N"][keep],
+                                  result.split_N, loss_N[keep], result.pred_N)]
+    return row, predictions, (law, result.fit.params)
+
+
+def fit_all(config: ml_collections.ConfigDict, selected: dict[str, dict[str, np.ndarray]],
+            pad_to: int) -> list[tuple[dict, list[dict], Any]]:
+    """Every job's result, in job order, fitted on `config.threads` threads.
+
+    A fit holds no Python lock while XLA runs it, so threads share the cores. The first job of
+    each law family runs alone on its thread before that family's other jobs start, so that no
+    family compiles twice; results do not depend on the number of threads.
+    """
+    jobs = jobs_for(config)
+    threads = config.threads or os.cpu_count() or 1
+    if threads == 1:
+        return [fit_job(config, job, selected[job.model], pad_to) for job in jobs]
+    first = {}
+    for i, job in enumerate(jobs):
+        first.setdefault(job.law_name, i)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        def submit(i):
+            return pool.submit(fit_job, config, jobs[i], selected[jobs[i].model], pad_to)
+
+        futures = {i: submit(i) for i in first.values()}
+        for i in first.values():
+            futures[i].result()  # compiled
+        futures.update({i: submit(i) for i in range(len(jobs)) if i not in futures})
+        return [futures[i].result() for i in range(len(jobs))]
 
 
 def optimal_mixtures(config: ml_collections.ConfigDict, model: str, fitted: dict,
@@ -380,13 +443,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, curves: str | pathlib.P
     selected = {model: select(data[model], config, model) for model in config.models}
     workdir_path = run_io.prepare_workdir(workdir, config)
     # One padded size for every fit: one compilation per law family.
-    pad_to = law_fit.padded_size(max(len(d["step_N"]) for d in selected.values()))
+    pad_to = law_fit.padded_size(fit_rows(config, selected))
     rows, predictions, optima = [], [], []
-    for model_index, model in enumerate(config.models):
-        model_rows, model_predictions, fitted = fit_model(config, model, model_index,
-                                                          selected[model], pad_to)
-        rows += model_rows
-        predictions += model_predictions
+    results = fit_all(config, selected, pad_to)
+    for job, (row, job_predictions, fitted) in zip(jobs_for(config), results):
+        rows.append(row)
+        predictions += job_predictions
+    for model in config.models:
+        fitted = {(job.policy, job.law_name, job.domain_index): law_params
+                  for job, (_, _, law_params) in zip(jobs_for(config), results)
+                  if job.model == model and job.split == 0}
         optima += optimal_mixtures(config, model, fitted, selected[model])
     sweep.write_table(rows, workdir_path / "table.csv")
     sweep.write_table(predictions, workdir_path / "predictions.csv")

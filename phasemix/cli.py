@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import os
 import sys
 from typing import Any, Callable
 
@@ -18,6 +19,24 @@ from ml_collections import config_flags
 from phasemix import distributed, validation
 
 RunFn = Callable[..., dict[str, Any]]  # (config, workdir[, shard=...]) -> summary
+XLA_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "xla")
+
+
+def use_compilation_cache(path: str) -> None:
+    """Keeps compiled XLA programs in `path` ('' : off), for this process and the processes it
+    starts (sweep workers): a rerun, or the next run of a sweep, loads what the first compiled.
+
+    JAX_COMPILATION_CACHE_DIR, where set, wins. Programs that compiled in under 0.2 s are not
+    kept (JAX keeps >= 1 s by default; a fit's many small predict programs take ~0.3 s each).
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, where set, wins.
+    """
+    path = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", path)
+    min_secs = float(os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2"))
+    if path:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
 
 
 def _not_orbax(record) -> bool:
@@ -56,6 +75,8 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
     config_flags.DEFINE_config_file("config", default=config_file,
                                     help_string="Config file, path[:variant].")
     flags.DEFINE_string("workdir", default_workdir, "Output folder; re-running resumes it.")
+    flags.DEFINE_string("xla_cache", XLA_CACHE_DIR, "Folder that keeps compiled XLA programs "
+                        "between runs ('' : off; JAX_COMPILATION_CACHE_DIR wins).")
     _define_distributed_flags()
     if sweep:
         flags.DEFINE_string("shard", None, "i/n: run only part i (0-based) of n of the grid, "
@@ -65,6 +86,7 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
         del argv
         logging.get_absl_handler().addFilter(_not_orbax)
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+        use_compilation_cache(flags.FLAGS.xla_cache)
         try:
             _start_distributed()
             if sweep:

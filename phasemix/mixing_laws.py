@@ -1,6 +1,7 @@
 """Data-mixing laws as pure JAX functions: loss of one eval domain from training step and mixture.
 
-Every law is `predict(params, steps_N, props_NxK) -> loss_N` for one eval domain, where
+Every law is `log_predict(params, steps_N, props_NxK) -> log loss_N` for one eval domain (the
+space it is fitted in; `predict` is its exp), where
 `params` is a dict of unconstrained arrays (what an optimiser moves). Positivity and bounds
 come from the parametrisation: scales are exp(raw), exponents lo + (hi - lo) * sigmoid(raw).
 `constrain` turns raw parameters into the paper's named coefficients, `unconstrain` does the
@@ -56,20 +57,21 @@ def _log_steps(steps_N: jax.Array) -> jax.Array:
     return jnp.log(jnp.asarray(steps_N, jnp.float32) / STEP_REF)
 
 
-def _step_factor(params: Params, steps_N: jax.Array) -> jax.Array:
-    """B / s^beta in the s0 units: exp(log_b - beta * log(s / s0))."""
-    return jnp.exp(params["log_b"] - _bounded(params["beta"], BETA) * _log_steps(steps_N))
+def _log_step_factor(params: Params, steps_N: jax.Array) -> jax.Array:
+    """log(B / s^beta) in the s0 units: log_b - beta * log(s / s0)."""
+    return params["log_b"] - _bounded(params["beta"], BETA) * _log_steps(steps_N)
 
 
 # --- BiMix ------------------------------------------------------------------------------------
 
-def bimix_predict(params: Params, steps_N: jax.Array, props_NxK: jax.Array, *,
-                  domain: jax.Array, eps: jax.Array) -> jax.Array:
-    """(1 / r^alpha) * (B / s^beta + C); r = max(r_domain, eps) so that r = 0 stays finite."""
+def bimix_log_predict(params: Params, steps_N: jax.Array, props_NxK: jax.Array, *,
+                      domain: jax.Array, eps: jax.Array) -> jax.Array:
+    """log of (1 / r^alpha) * (B / s^beta + C); r = max(r_domain, eps) so that r = 0 stays
+    finite."""
     share = jnp.maximum(jnp.take(props_NxK, domain, axis=1), eps)
     alpha = _bounded(params["alpha"], ALPHA)
-    return jnp.exp(-alpha * jnp.log(share)) * (_step_factor(params, steps_N)
-                                               + jnp.exp(params["log_c"]))
+    return -alpha * jnp.log(share) + jnp.logaddexp(_log_step_factor(params, steps_N),
+                                                   params["log_c"])
 
 
 def bimix_init(key: jax.Array, num_domains: int) -> Params:
@@ -101,13 +103,13 @@ def bimix_unconstrain(values: dict[str, Any], num_domains: int) -> Params:
 
 # --- Ye et al. --------------------------------------------------------------------------------
 
-def ye_predict(params: Params, steps_N: jax.Array, props_NxK: jax.Array, *,
-               domain: jax.Array, eps: jax.Array) -> jax.Array:
-    """(c + exp(t . r)) * (1 + B / s^beta)."""
+def ye_log_predict(params: Params, steps_N: jax.Array, props_NxK: jax.Array, *,
+                   domain: jax.Array, eps: jax.Array) -> jax.Array:
+    """log of (c + exp(t . r)) * (1 + B / s^beta)."""
     del domain, eps
     t = _bounded(params["t"], T_BOUND)
-    mix = jnp.exp(params["log_c"]) + jnp.exp(props_NxK @ t)
-    return mix * (1.0 + _step_factor(params, steps_N))
+    return (jnp.logaddexp(params["log_c"], props_NxK @ t)
+            + jax.nn.softplus(_log_step_factor(params, steps_N)))
 
 
 def ye_init(key: jax.Array, num_domains: int) -> Params:
@@ -138,12 +140,12 @@ def ye_unconstrain(values: dict[str, Any], num_domains: int) -> Params:
 
 # --- Linear (RegMix-style) --------------------------------------------------------------------
 
-def linear_predict(params: Params, steps_N: jax.Array, props_NxK: jax.Array, *,
-                   domain: jax.Array, eps: jax.Array) -> jax.Array:
-    """exp(w . r - b * log(s / s0))."""
+def linear_log_predict(params: Params, steps_N: jax.Array, props_NxK: jax.Array, *,
+                       domain: jax.Array, eps: jax.Array) -> jax.Array:
+    """w . r - b * log(s / s0)."""
     del domain, eps
     w = _bounded(params["w"], W_BOUND)
-    return jnp.exp(props_NxK @ w - _bounded(params["b"], SLOPE) * _log_steps(steps_N))
+    return props_NxK @ w - _bounded(params["b"], SLOPE) * _log_steps(steps_N)
 
 
 def linear_init(key: jax.Array, num_domains: int) -> Params:
@@ -164,11 +166,11 @@ def linear_unconstrain(values: dict[str, Any], num_domains: int) -> Params:
 
 # --- Step-only control ------------------------------------------------------------------------
 
-def step_only_predict(params: Params, steps_N: jax.Array, props_NxK: jax.Array, *,
-                      domain: jax.Array, eps: jax.Array) -> jax.Array:
-    """B / s^beta + C, whatever the mixture."""
+def step_only_log_predict(params: Params, steps_N: jax.Array, props_NxK: jax.Array, *,
+                          domain: jax.Array, eps: jax.Array) -> jax.Array:
+    """log of B / s^beta + C, whatever the mixture."""
     del props_NxK, domain, eps
-    return _step_factor(params, steps_N) + jnp.exp(params["log_c"])
+    return jnp.logaddexp(_log_step_factor(params, steps_N), params["log_c"])
 
 
 def step_only_init(key: jax.Array, num_domains: int) -> Params:
@@ -200,7 +202,7 @@ def step_only_unconstrain(values: dict[str, Any], num_domains: int) -> Params:
 class LawFns:
     """The functions of one law family (module-level, so that equal laws hash equal)."""
 
-    predict: Callable[..., jax.Array]
+    log_predict: Callable[..., jax.Array]
     init: Callable[[jax.Array, int], Params]
     constrain: Callable[[Params], dict[str, jax.Array]]
     unconstrain: Callable[[dict[str, Any], int], Params]
@@ -208,10 +210,10 @@ class LawFns:
 
 
 FAMILIES = {
-    "bimix": LawFns(bimix_predict, bimix_init, bimix_constrain, bimix_unconstrain, True),
-    "ye": LawFns(ye_predict, ye_init, ye_constrain, ye_unconstrain, True),
-    "linear": LawFns(linear_predict, linear_init, linear_constrain, linear_unconstrain, True),
-    "step_only": LawFns(step_only_predict, step_only_init, step_only_constrain,
+    "bimix": LawFns(bimix_log_predict, bimix_init, bimix_constrain, bimix_unconstrain, True),
+    "ye": LawFns(ye_log_predict, ye_init, ye_constrain, ye_unconstrain, True),
+    "linear": LawFns(linear_log_predict, linear_init, linear_constrain, linear_unconstrain, True),
+    "step_only": LawFns(step_only_log_predict, step_only_init, step_only_constrain,
                         step_only_unconstrain, False),
 }
 LAW_NAMES = tuple(FAMILIES)
@@ -232,8 +234,14 @@ class Law:
     def fns(self) -> LawFns:
         return FAMILIES[self.name]
 
+    def log_predict(self, params: Params, steps_N: jax.Array, props_NxK: jax.Array
+                    ) -> jax.Array:
+        """Log of the predicted loss: the fits work in log space, so they never take its exp."""
+        return self.fns.log_predict(params, steps_N, props_NxK, domain=self.domain,
+                                    eps=self.eps)
+
     def predict(self, params: Params, steps_N: jax.Array, props_NxK: jax.Array) -> jax.Array:
-        return self.fns.predict(params, steps_N, props_NxK, domain=self.domain, eps=self.eps)
+        return jnp.exp(self.log_predict(params, steps_N, props_NxK))
 
     def init(self, key: jax.Array) -> Params:
         """A random start (unconstrained), drawn from ranges that cover LM losses of 1 to 10."""

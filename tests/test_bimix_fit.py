@@ -63,6 +63,22 @@ def test_smoke_run_on_the_published_curves(tmp_path):
                for d in bimix_fit.DOMAINS)
 
 
+@needs_curves
+def test_fits_on_threads_give_the_same_table_as_one_thread():
+    config = bimix_fit.get_config("smoke")
+    config.laws = ("bimix", "ye")
+    data = bimix_fit.load_curves(CURVES)
+    selected = {m: bimix_fit.select(data[m], config, m) for m in config.models}
+    pad_to = 256
+    rows = {}
+    for threads in (1, 3):
+        config.threads = threads
+        rows[threads] = [row for row, _, _ in bimix_fit.fit_all(config, selected, pad_to)]
+    assert [(r["law"], r["domain"]) for r in rows[3]] == [
+        (j.law_name, bimix_fit.DOMAINS[j.domain_index]) for j in bimix_fit.jobs_for(config)]
+    assert run_io.nan_to_none(rows[3]) == run_io.nan_to_none(rows[1])  # bit for bit
+
+
 def test_group_loss_is_the_weighted_mean_renormalised_within_the_group(tmp_path):
     losses = {m: 3.0 for group in bimix_fit.GROUPS.values() for m in group}
     losses.update(DM_Mathematics=1.0, Github=2.0)  # the symbolic group

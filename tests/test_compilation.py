@@ -25,3 +25,29 @@ def test_loop_with_frequent_eval_and_checkpoints_compiles_once(tmp_path):
     config.num_steps, config.eval_every, config.checkpoint_every = 12, 2, 3
     summary = grokking.run(config, str(tmp_path))
     assert summary["recompilations"] == 0, summary
+
+
+def test_a_rerun_loads_its_programs_from_the_xla_cache(tmp_path):
+    """The entry points keep compiled programs in --xla_cache: the second run adds none."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    cache = tmp_path / "xla"
+
+    def run(name):
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.grokking",
+             "--config=experiments/grokking.py:smoke", f"--workdir={tmp_path / name}",
+             f"--xla_cache={cache}"], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return sorted(p.name for p in cache.iterdir())
+
+    first = run("a")
+    assert first  # the train step, eval and init were kept
+    assert run("b") == first  # every program of the rerun came from the cache
