@@ -53,9 +53,12 @@ def _lbfgs(objective, params: Params, max_iter: int, tol: float) -> tuple[Params
     # stall for good far from the optimum (a synthetic step-only fit: 34% of 32 starts reach
     # it, 100% with zoom), which the many starts absorb; zoom cost more than it saved on the
     # published curves (8 zoom starts x 100 iterations: 67 of 320 fits worse by > 1%, all Ye;
-    # 16 x 100 ran > 2.5x longer than 32 backtracking starts x 200).
+    # 16 x 100 ran > 2.5x longer than 32 backtracking starts x 200). Under vmap every start
+    # waits for the longest search, and a stalled start backtracks to the limit on every
+    # iteration: 5 halvings instead of 20 x 0.8 found the same optima on the published curves
+    # for 2.2-2.9x less CPU per fit (measured on 305M, every law and group).
     opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
-        max_backtracking_steps=20, store_grad=True))
+        max_backtracking_steps=5, decrease_factor=0.5, store_grad=True))
     value_and_grad = optax.value_and_grad_from_state(objective)
 
     def step(carry):
