@@ -1,7 +1,9 @@
-"""Measurements shared by the benchmarks: XLA's FLOP count and a matmul FLOP/s peak."""
+"""Shared by the benchmarks: XLA's FLOP count, a matmul FLOP/s peak, baseline checkouts."""
 
 from __future__ import annotations
 
+import pathlib
+import subprocess
 import time
 
 import jax
@@ -57,3 +59,16 @@ def matmul_flops(fn, *args) -> float:
         return total
 
     return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def checkout(revision: str, where: pathlib.Path, root: pathlib.Path) -> pathlib.Path:
+    """A detached `git worktree` of `revision` at `where` (kept if it is already there)."""
+    if not where.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(where), revision], cwd=root,
+                       check=True, capture_output=True)
+    return where
+
+
+def remove_checkout(where: pathlib.Path, root: pathlib.Path) -> None:
+    subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=root, check=False,
+                   capture_output=True)

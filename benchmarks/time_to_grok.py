@@ -19,6 +19,7 @@ import time
 
 from absl import app, flags
 
+from benchmarks import common
 from experiments import grokking
 from phasemix import run_io, transitions
 
@@ -49,10 +50,7 @@ def main(argv):
     workdir = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="time_to_grok_"))
     trees = {"this tree": root}
     if _BASELINE.value:
-        baseline_tree = workdir / "baseline_tree"
-        if not baseline_tree.exists():
-            subprocess.run(["git", "worktree", "add", "--detach", str(baseline_tree),
-                            _BASELINE.value], cwd=root, check=True, capture_output=True)
+        baseline_tree = common.checkout(_BASELINE.value, workdir / "baseline_tree", root)
         trees = {f"baseline {_BASELINE.value}": baseline_tree, **trees}
     results = {}
     for name, tree in trees.items():
@@ -68,8 +66,7 @@ def main(argv):
         if before["seconds_to_generalize"] and after["seconds_to_generalize"]:
             print(f"time to generalise: {before['seconds_to_generalize'] / after['seconds_to_generalize']:.2f}x "
                   f"faster; whole run {before['run_seconds'] / after['run_seconds']:.2f}x")
-        subprocess.run(["git", "worktree", "remove", "--force", str(workdir / "baseline_tree")],
-                       cwd=root, check=False, capture_output=True)
+        common.remove_checkout(workdir / "baseline_tree", root)
 
 
 if __name__ == "__main__":
