@@ -1,12 +1,13 @@
 """Wall time of the published-curve fits (`experiments.bimix_fit`), this tree against a baseline.
 
 Runs `python -m experiments.bimix_fit` (default config: 4 laws x 5 groups x 4 sizes x 2 zero-share
-policies x 2 held-out draws = 320 fits; `--fit_flags` changes it) in a fresh process per tree, one
+policies x 2 held-out draws = 320 fits; `--fit_flag` changes it) in a fresh process per tree, one
 after the other, each with an empty XLA compilation cache; then this tree once more on the cache
 its first run filled (what a rerun costs). Prints the wall seconds, the ratios, and how many fit
 objectives differ between the trees by more than 0.1%:
   python -m benchmarks.fit_time --baseline=f3c9c06
-  python -m benchmarks.fit_time --fit_flags=--config.num_splits=1,--config.zero_shares='("drop",)'
+  python -m benchmarks.fit_time --fit_flag=--config.num_splits=1 \
+      --fit_flag=--config.zero_shares='("drop",)'    # every law x group x size once: 80 fits
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from phasemix import sweep
 
 _BASELINE = flags.DEFINE_string("baseline", None, "Git revision to compare against.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs go (default: a temporary folder).")
-_FLAGS = flags.DEFINE_list("fit_flags", [], "Extra flags for every run, e.g. "
-                           "--config.models='(\"70M\",)'.")
+_FLAGS = flags.DEFINE_multi_string("fit_flag", [], "An extra flag for every run (repeat it), "
+                                   "e.g. --fit_flag=--config.num_splits=1.")
 
 
 def run_fits(tree: pathlib.Path, workdir: pathlib.Path, cache: pathlib.Path) -> float:

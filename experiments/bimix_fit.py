@@ -1,9 +1,12 @@
 """BiMix and its peers fitted to the published 5-mix loss curves (Ye et al. 2024 data; issue 8).
 
 Run (every law x eval group x model size x zero-share policy x 2 held-out draws, 320 fits;
-7 CPU-minutes, 10 minutes wall on a shared 2-core CPU):
+57 s on a 2-core CPU, 40 s once ~/.cache/phasemix/xla holds the compiled fits;
+`python -m benchmarks.fit_time`):
   python -m experiments.bimix_fit --workdir=runs/bimix_fit
   python -m experiments.bimix_fit --curves=/path/to/5mix_losses.csv --workdir=runs/bimix_fit
+Every law x group x size once (80 fits; 36 s, 20 s on a rerun):
+  python -m experiments.bimix_fit --config.num_splits=1 --config.zero_shares='("drop",)'
 
 Smoke (one model size, few starts; used by the tests):
   python -m experiments.bimix_fit --config=experiments/bimix_fit.py:smoke --workdir=/tmp/bimix
