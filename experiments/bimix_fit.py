@@ -1,7 +1,7 @@
 """BiMix and its peers fitted to the published 5-mix loss curves (Ye et al. 2024 data; issue 8).
 
 Run (every law x eval group x model size, one held-out draw, r_i = 0 rows dropped: 80 fits;
-22-27 s on a 2-core CPU in three of four measurements, 36 s in one; 15-20 s once
+21.6-28.6 s on a 2-core CPU in four of five measurements, 36.0 s in one; 15-20 s once
 ~/.cache/phasemix/xla holds the compiled fits; `python -m benchmarks.fit_time`):
   python -m experiments.bimix_fit --workdir=runs/bimix_fit
   python -m experiments.bimix_fit --curves=/path/to/5mix_losses.csv --workdir=runs/bimix_fit
@@ -452,15 +452,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, curves: str | pathlib.P
     # One padded size for every fit: one compilation per law family.
     pad_to = law_fit.padded_size(fit_rows(config, selected))
     rows, predictions, optima = [], [], []
-    results = fit_all(config, selected, pad_to)
-    for job, (row, job_predictions, fitted) in zip(jobs_for(config), results):
+    fitted: dict[str, dict] = {model: {} for model in config.models}  # first draw's laws
+    for job, (row, job_predictions, law_params) in zip(jobs_for(config),
+                                                        fit_all(config, selected, pad_to)):
         rows.append(row)
         predictions += job_predictions
+        if job.split == 0:
+            fitted[job.model][(job.policy, job.law_name, job.domain_index)] = law_params
     for model in config.models:
-        fitted = {(job.policy, job.law_name, job.domain_index): law_params
-                  for job, (_, _, law_params) in zip(jobs_for(config), results)
-                  if job.model == model and job.split == 0}
-        optima += optimal_mixtures(config, model, fitted, selected[model])
+        optima += optimal_mixtures(config, model, fitted[model], selected[model])
     sweep.write_table(rows, workdir_path / "table.csv")
     sweep.write_table(predictions, workdir_path / "predictions.csv")
     run_io.write_json_atomic(workdir_path / "table.json", run_io.nan_to_none(rows))

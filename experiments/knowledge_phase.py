@@ -17,9 +17,9 @@ Size x ratio (the size transition, critical ratio per size, its power law; with
 3 presets x 4 ratios = 12 runs, ~2.5 hours on a 2-core CPU, estimated from the ratio sweep):
   python -m experiments.knowledge_phase --config=experiments/knowledge_phase.py:size \
       --config.web_sweep=runs/kp_web --workdir=runs/kp_size
-The README's size sweep samples each size around its own threshold (11 runs):
+The README's size sweep samples each size around its own threshold (9 runs):
   ... :size --config.presets='("tiny-48","tiny-64","tiny-96")' \
-      --config.ratios_per_preset='((0.2,0.3,0.45,0.7),(0.15,0.2,0.3),(0.06,0.09,0.13,0.2))'
+      --config.ratios_per_preset='((0.2,0.3,0.45,0.7),(0.15,0.2,0.3),(0.15,0.2))'
 Below the threshold, more steps (1x, 2x, 4x):     :longer
 Mitigations at a sub-critical ratio (subsample, compact tuples):     :mitigation
 Threshold frequency (power-law popularity, accuracy against exposures per size):     :frequency
