@@ -29,6 +29,8 @@ _MODELS = flags.DEFINE_list("models", ["grokking", "small_lm", "sentiment"], "Mo
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "512"], "Batch sizes.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating rounds; the median is reported.")
 _SECONDS = flags.DEFINE_float("seconds", 2.0, "Approximate seconds per side per round.")
+_MICRO_BATCHES = flags.DEFINE_integer("micro_batches", 0, "Slices of the batch (0: the "
+                                      "library's automatic choice, as in experiments).")
 _THREADS = flags.DEFINE_integer("threads", 0, "PyTorch intra-op threads (0: all cores).")
 
 
@@ -74,8 +76,10 @@ def jax_step(bench: Bench, batch: dict[str, np.ndarray]):
     loss_fn = losses.classification_loss if bench.loss == "classify" else losses.masked_token_loss
     state = train.init_state(jax.random.key(0), tokens_BxL=jnp.asarray(batch["inputs"][:1]),
                              model=model, optimizer=optimizer, init_scale=1.0)
+    micro_batches = _MICRO_BATCHES.value or train.auto_micro_batches(*batch["inputs"].shape, 1)
     step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
-                                     loss_fn=loss_fn), donate_argnums=0)
+                                     loss_fn=loss_fn, micro_batches=micro_batches),
+                   donate_argnums=0)
     device_batch = jax.device_put(batch)
     return step, state, device_batch, params_lib.count_params(state.params)
 

@@ -76,6 +76,9 @@ def run_config(smoke: bool = False) -> ml_collections.ConfigDict:
     config.eval_every = 125  # every evaluation is a row of the law fits
     config.eval_windows = 256  # validation windows per domain, spread over its documents
     config.eval_batch_size = 256
+    # Slices of each batch whose gradients run as independent chains (the cores of a CPU
+    # work on them at once); 0: train.auto_micro_batches decides (1 on accelerators).
+    config.micro_batches = 0
     config.checkpoint_every = 500
     config.cache_dir = CACHE_DIR  # tokenizer and token streams
     if smoke:

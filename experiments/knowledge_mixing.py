@@ -71,6 +71,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.final_eval_people = 500  # people scored by the final model (summary.json)
     config.eval_web_windows = 256  # held-out web sequences for web_val_loss
     config.eval_batch_size = 512
+    # Slices of each batch whose gradients run as independent chains (the cores of a CPU
+    # work on them at once); 0: train.auto_micro_batches decides (1 on accelerators).
+    config.micro_batches = 0
     config.checkpoint_every = 1000
     config.cache_dir = CACHE_DIR  # tokenizer and tokenised web text
     if variant == "smoke":

@@ -71,6 +71,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.num_steps = 3000
     config.eval_every = 150
     config.eval_batch_size = 500
+    # Slices of each batch whose gradients run as independent chains (the cores of a CPU
+    # work on them at once); 0: train.auto_micro_batches decides (1 on accelerators).
+    config.micro_batches = 0
     config.checkpoint_every = 1000
     if variant == "smoke":
         config.task.limit = 400

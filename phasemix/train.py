@@ -82,20 +82,82 @@ def apply_model(model: model_lib.Transformer, params: Any, batch: dict[str, jax.
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_lib.Transformer,
-               optimizer: optax.GradientTransformation,
-               loss_fn: LossFn) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW step on one global batch. Pure: the same inputs give the same outputs."""
+               optimizer: optax.GradientTransformation, loss_fn: LossFn, micro_batches: int = 1,
+               num_shards: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One AdamW step on one global batch. Pure: the same inputs give the same outputs.
 
-    def loss_of(params):
-        return loss_fn(apply_model(model, params, batch), batch)
+    With `micro_batches` > 1 the batch's gradient is the sum of that many slices' summed-loss
+    gradients over the total count: the same gradient (up to float rounding), computed as
+    independent chains that XLA runs concurrently on the CPU's cores. `num_shards` is how
+    many devices split the batch, so that every slice keeps rows on every device.
+    """
 
-    (loss, sums), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    if micro_batches == 1:
+        def loss_of(params):
+            return loss_fn(apply_model(model, params, batch), batch)
+
+        (loss, sums), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    else:
+        def summed_loss(params, part):
+            _, part_sums = loss_fn(apply_model(model, params, part), part)
+            return part_sums["loss_sum"], part_sums
+
+        grads, sums = None, None
+        for part in split_micro_batches(batch, micro_batches, num_shards):
+            part_grads, part_sums = jax.grad(summed_loss, has_aux=True)(state.params, part)
+            grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
+            sums = part_sums if sums is None else jax.tree.map(jnp.add, sums, part_sums)
+        count = jnp.maximum(sums["count"], 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)
+        loss = sums["loss_sum"] / count
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"batch_loss": loss,
                "batch_accuracy": sums["correct_sum"] / jnp.maximum(sums["count"], 1.0),
                "grad_norm": optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def split_micro_batches(batch: dict[str, jax.Array], micro_batches: int,
+                        num_shards: int = 1) -> list[dict[str, jax.Array]]:
+    """`micro_batches` slices of a batch whose rows lie in `num_shards` contiguous shards;
+    slice j takes the j-th part of every shard, so no slice moves rows between devices."""
+    if micro_batches == 1:
+        return [batch]
+
+    def part(x, j):
+        x = x.reshape(num_shards, micro_batches, -1, *x.shape[1:])[:, j]
+        return x.reshape(-1, *x.shape[2:])
+
+    return [jax.tree.map(functools.partial(part, j=j), batch) for j in range(micro_batches)]
+
+
+def micro_batches_of(config: ml_collections.ConfigDict, task: Task, num_shards: int) -> int:
+    """`config.micro_batches`, or with 0 (the default) `auto_micro_batches`'s choice."""
+    rows, tokens_per_row = task.train_batches[0]["inputs"].shape
+    requested = config.get("micro_batches", 0)
+    if not requested:
+        return auto_micro_batches(rows, tokens_per_row, num_shards)
+    validation.require(rows % (requested * num_shards) == 0, "micro_batches",
+                       f"must divide the {rows} rows of a batch per device ({num_shards} "
+                       "devices)", requested)
+    return requested
+
+
+def auto_micro_batches(batch_size: int, tokens_per_row: int, num_shards: int) -> int:
+    """On a CPU, 4 (or 2) slices when each keeps >= 256 tokens, else 1; on accelerators 1.
+
+    Measured on a 2-core CPU (README, Speed): 4 slices made the small LM's step 1.2-1.3x
+    faster at batch 64 and 512, while the grokking model at batch 64 (192 tokens) gained
+    nothing.
+    """
+    if jax.default_backend() != "cpu":
+        return 1
+    rows = batch_size // num_shards
+    for micro_batches in (4, 2):
+        if rows % micro_batches == 0 and rows // micro_batches * tokens_per_row >= 256:
+            return micro_batches
+    return 1
 
 
 def eval_step(params: Any, stacked: dict[str, jax.Array], *, model: model_lib.Transformer,
@@ -123,6 +185,9 @@ def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) ->
     fsdp = config.get("fsdp", 1)  # optional: experiments whose models need it add the field
     validation.require(isinstance(fsdp, int) and fsdp >= 1 and num_devices % fsdp == 0, "fsdp",
                        f"must be a positive divisor of the {num_devices} devices", fsdp)
+    micro_batches = config.get("micro_batches", 0)  # optional field; 0 = auto
+    validation.require(isinstance(micro_batches, int) and micro_batches >= 0, "micro_batches",
+                       "must be 0 (auto) or a positive number of slices", micro_batches)
     validation.require(config.model.init_scale > 0, "model.init_scale", "must be positive",
                        config.model.init_scale)
     optimizer_lib.validate(config.opt)
@@ -176,7 +241,8 @@ def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.shar
     init_fn = functools.partial(init_state, tokens_BxL=tokens, model=model, optimizer=optimizer,
                                 init_scale=config.model.init_scale)
     step_fn = functools.partial(train_step, model=model, optimizer=optimizer,
-                                loss_fn=task.loss_fn)
+                                loss_fn=task.loss_fn, num_shards=mesh.size,
+                                micro_batches=micro_batches_of(config, task, mesh.size))
     eval_fn = functools.partial(eval_step, model=model, loss_fn=task.loss_fn)
     norms_fn = weight_norms
     batch_axis = 0
@@ -292,6 +358,7 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
     warm: dict[str, Any] = {}  # the compilation counts once every program has run
     for c, t in zip(configs, tasks):
         validate_loop_config(c, jax.device_count())
+        micro_batches_of(c, t, jax.device_count())  # checks an explicit choice divides
         t.model_config.validate()
     fsdp = config.get("fsdp", 1)
     if vectorized and fsdp > 1:

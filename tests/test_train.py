@@ -53,12 +53,68 @@ def test_four_devices_match_one_device(smoke_config):
     code = ("import sys, json; sys.path.insert(0, 'tests');"
             "from test_train import first_steps; from experiments import grokking;"
             "import jax; assert jax.device_count() == {n};"
-            "c = grokking.get_config('smoke'); c.batch_size = 64;"
+            "c = grokking.get_config('smoke'); c.batch_size = 64; c.micro_batches = {m};"
             "print(json.dumps(first_steps(c, 5)))")
-    one = run_python(code.format(n=1), num_devices=1)
-    four = run_python(code.format(n=4), num_devices=4)
+    one = run_python(code.format(n=1, m=1), num_devices=1)
+    four = run_python(code.format(n=4, m=1), num_devices=4)
+    # Two slices per device: every slice keeps rows on all four devices.
+    four_sliced = run_python(code.format(n=4, m=2), num_devices=4)
     for key in one:
         assert four[key] == pytest.approx(one[key], rel=1e-5, abs=1e-5), key
+        assert four_sliced[key] == pytest.approx(one[key], rel=1e-5, abs=1e-5), key
+
+
+def test_micro_batches_give_the_gradient_of_the_whole_batch():
+    """Slices with unequal loss-token counts: the step equals the one-batch step."""
+    from phasemix import losses, model as model_lib, optimizer as optimizer_lib
+
+    cfg = model_lib.TransformerConfig(vocab_size=11, max_len=6, d_model=16, num_heads=2, d_mlp=32)
+    model = model_lib.Transformer(cfg)
+    optimizer = optimizer_lib.make_optimizer(optimizer_lib.default_config(), 100)
+    rng = np.random.default_rng(0)
+    batch = {"inputs": rng.integers(0, 11, (8, 6)).astype(np.int32),
+             "targets": rng.integers(0, 11, (8, 6)).astype(np.int32),
+             "loss_mask": (rng.random((8, 6)) < 0.4).astype(np.float32)}
+    batch["loss_mask"][:2] = 1.0  # the first slice counts many more tokens than the others
+    state = train.init_state(jax.random.key(0), tokens_BxL=batch["inputs"][:1], model=model,
+                             optimizer=optimizer, init_scale=1.0)
+    steps = {}
+    for micro_batches in (1, 4):
+        step = jax.jit(lambda s, b, m=micro_batches: train.train_step(
+            s, b, model=model, optimizer=optimizer, loss_fn=losses.masked_token_loss,
+            micro_batches=m))
+        steps[micro_batches] = jax.device_get(step(state, batch))
+    (one_state, one_metrics), (four_state, four_metrics) = steps[1], steps[4]
+    for key in one_metrics:
+        np.testing.assert_allclose(four_metrics[key], one_metrics[key], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(four_state.params), jax.tree.leaves(one_state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_micro_batch_slices_keep_rows_on_their_device():
+    rows = {"x": np.arange(8)}
+    parts = train.split_micro_batches(rows, micro_batches=2, num_shards=2)
+    # Device 0 holds rows 0-3 and device 1 rows 4-7: each slice takes half of each.
+    assert [p["x"].tolist() for p in parts] == [[0, 1, 4, 5], [2, 3, 6, 7]]
+
+
+@pytest.mark.parametrize("rows, tokens_per_row, num_shards, expected", [
+    (64, 3, 1, 1),     # the grokking smoke batch: slices of < 256 tokens gain nothing
+    (512, 3, 1, 4),    # the grokking demo's batch
+    (64, 32, 1, 4),    # the small LM
+    (6, 128, 1, 2),    # 4 does not divide the rows
+    (64, 32, 16, 1),   # 4 rows per device
+])
+def test_auto_micro_batches(rows, tokens_per_row, num_shards, expected):
+    assert train.auto_micro_batches(rows, tokens_per_row, num_shards) == expected
+
+
+def test_micro_batches_that_do_not_divide_the_batch_fail_before_writing(tmp_path):
+    config = grokking.get_config("smoke")
+    config.micro_batches = 3  # the smoke batch has 64 rows
+    with pytest.raises(validation.ConfigError, match="--config.micro_batches=3"):
+        grokking.run(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
 
 
 def comparable(rows):
