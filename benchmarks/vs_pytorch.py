@@ -2,7 +2,8 @@
 
 Same architecture (pre-LN transformer, fused QKV, tanh-GELU, learned positions, final LN,
 untied head), same parameter count (checked), same data and the same AdamW step. Each round
-times N JAX steps then N PyTorch steps in this one process; the ratio reported is the median
+times N JAX steps then N PyTorch steps in this one process (and, where the step runs in
+micro-batch slices, N steps of the 1-slice step); the ratio reported is the median
 over rounds, so a change in machine speed hits both sides alike. Needs the `bench` extra:
   pip install -e '.[bench]'
   python -m benchmarks.vs_pytorch
@@ -30,7 +31,8 @@ _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "512"], "Batch sizes.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating rounds; the median is reported.")
 _SECONDS = flags.DEFINE_float("seconds", 2.0, "Approximate seconds per side per round.")
 _MICRO_BATCHES = flags.DEFINE_integer("micro_batches", 0, "Slices of the batch (0: the "
-                                      "library's automatic choice, as in experiments).")
+                                      "library's automatic choice, as in experiments); with "
+                                      "more than 1, the 1-slice step is timed beside it.")
 _THREADS = flags.DEFINE_integer("threads", 0, "PyTorch intra-op threads (0: all cores).")
 
 
@@ -69,14 +71,13 @@ def make_batch(bench: Bench, batch_size: int, seed: int = 0) -> dict[str, np.nda
     return {"inputs": tokens, "targets": targets, "loss_mask": mask}
 
 
-def jax_step(bench: Bench, batch: dict[str, np.ndarray]):
+def jax_step(bench: Bench, batch: dict[str, np.ndarray], micro_batches: int):
     opt_config = optimizer_lib.default_config()
     optimizer = optimizer_lib.make_optimizer(opt_config, 10_000)
     model = model_lib.Transformer(bench.cfg)
     loss_fn = losses.classification_loss if bench.loss == "classify" else losses.masked_token_loss
     state = train.init_state(jax.random.key(0), tokens_BxL=jnp.asarray(batch["inputs"][:1]),
                              model=model, optimizer=optimizer, init_scale=1.0)
-    micro_batches = _MICRO_BATCHES.value or train.auto_micro_batches(*batch["inputs"].shape, 1)
     step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
                                      loss_fn=loss_fn, micro_batches=micro_batches),
                    donate_argnums=0)
@@ -192,13 +193,16 @@ def main(argv):
         torch.set_num_threads(_THREADS.value)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
           f"with {torch.get_num_threads()} threads")
-    print(f"{'model':<10} {'batch':>5} {'params':>9} {'jax steps/s':>12} {'torch steps/s':>14} "
-          f"{'jax/torch':>10} {'jax FLOP/s / matmul':>20}")
+    print(f"{'model':<10} {'batch':>5} {'params':>9} {'slices':>6} {'jax steps/s':>12} "
+          f"{'torch steps/s':>14} {'jax/torch':>10} {'FLOP/s / matmul':>16} "
+          f"{'1 slice/torch':>14}")
     for name in _MODELS.value:
         bench = BENCHES[name]
         for batch_size in map(int, _BATCH_SIZES.value):
             batch = make_batch(bench, batch_size)
-            step, state, device_batch, jax_params = jax_step(bench, batch)
+            micro_batches = (_MICRO_BATCHES.value
+                             or train.auto_micro_batches(*batch["inputs"].shape, 1))
+            step, state, device_batch, jax_params = jax_step(bench, batch, micro_batches)
             t_step, torch_params = torch_step(bench, batch)
             assert jax_params == torch_params, (name, jax_params, torch_params)
             with FlopCounterMode(display=False) as counter:
@@ -208,33 +212,47 @@ def main(argv):
             # The same model, data and optimizer must mean the same matrix products.
             assert abs(jax_matmul / torch_matmul - 1) < 1e-3, (name, jax_matmul, torch_matmul)
             flops = compiled_flops(step, state, device_batch)
-            holder = {"state": state}
-
-            def run_jax(n):
-                s = holder["state"]
-                for _ in range(n):
-                    s, metrics = step(s, device_batch)
-                jax.block_until_ready(metrics)
-                holder["state"] = s
+            contestants = {"jax": jax_runner(step, state, device_batch)}
+            if micro_batches > 1:  # what the slices gain, measured beside them
+                contestants["jax_1"] = jax_runner(*jax_step(bench, batch, 1)[:3])
 
             def run_torch(n):
                 for _ in range(n):
                     t_step()
 
-            run_jax(2)
-            run_torch(2)
-            ratios, jax_rates, torch_rates, peaks = [], [], [], []
+            contestants["torch"] = run_torch
+            for run in contestants.values():
+                run(2)
+            rates = {key: [] for key in contestants}
+            peaks = []
             for _ in range(_ROUNDS.value):
-                jax_rate, _ = steps_per_second(run_jax, _SECONDS.value)
-                torch_rate, _ = steps_per_second(run_torch, _SECONDS.value)
+                for key, run in contestants.items():
+                    rates[key].append(steps_per_second(run, _SECONDS.value)[0])
                 peaks.append(time_matmul(1024))
-                jax_rates.append(jax_rate)
-                torch_rates.append(torch_rate)
-                ratios.append(jax_rate / torch_rate)
-            jax_rate, torch_rate = statistics.median(jax_rates), statistics.median(torch_rates)
-            print(f"{name:<10} {batch_size:>5} {jax_params:>9,} {jax_rate:>12.1f} "
-                  f"{torch_rate:>14.1f} {statistics.median(ratios):>9.2f}x "
-                  f"{jax_rate * flops / statistics.median(peaks):>19.0%}", flush=True)
+
+            def ratio(key):  # median over rounds of the per-round ratio
+                return statistics.median(a / b for a, b in zip(rates[key], rates["torch"]))
+
+            jax_rate = statistics.median(rates["jax"])
+            single = f"{ratio('jax_1'):>13.2f}x" if "jax_1" in rates else f"{'-':>14}"
+            print(f"{name:<10} {batch_size:>5} {jax_params:>9,} {micro_batches:>6} "
+                  f"{jax_rate:>12.1f} {statistics.median(rates['torch']):>14.1f} "
+                  f"{ratio('jax'):>9.2f}x {jax_rate * flops / statistics.median(peaks):>15.0%} "
+                  f"{single}", flush=True)
+
+
+def jax_runner(step, state, device_batch):
+    """Runs n steps from the last state it reached (the state's buffers are donated)."""
+    holder = {"state": state}
+
+    def run(n):
+        s = holder["state"]
+        for _ in range(n):
+            s, metrics = step(s, device_batch)
+        jax.block_until_ready(metrics)
+        holder["state"] = s
+
+    return run
 
 
 if __name__ == "__main__":
