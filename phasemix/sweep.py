@@ -28,7 +28,9 @@ import multiprocessing
 import os
 import pathlib
 import re
+import signal
 import socket
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -192,8 +194,27 @@ def _run_one(run_fn: RunFn, config: ml_collections.ConfigDict, workdir: str) -> 
     return summary, time.monotonic() - start
 
 
-def _quiet_worker() -> None:
+def _start_worker(parent_pid: int) -> None:
+    """Quiet logs; on Linux, SIGTERM when the sweep's process dies (even by SIGKILL), so that
+    a worker checkpoints its run and exits instead of training on as an orphan."""
     logging.set_verbosity(logging.WARNING)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_in_worker(run_fn: RunFn, config: ml_collections.ConfigDict,
+                   workdir: str) -> tuple[dict[str, Any], float]:
+    """`_run_one` that ends the worker process on SystemExit (a preempted run): a pool
+    worker survives any exception and would otherwise start the next queued run."""
+    try:
+        return _run_one(run_fn, config, workdir)
+    except SystemExit as stop:
+        os._exit(stop.code if isinstance(stop.code, int) else 1)
 
 
 @contextlib.contextmanager
@@ -306,8 +327,9 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     else:
         context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
         with _env(XLA_FLAGS=SINGLE_THREAD_XLA_FLAGS), concurrent.futures.ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_quiet_worker) as pool:
-            futures = {pool.submit(_run_one, run_fn, config, str(sweep_dir / RUNS_DIR / name)):
+                workers, mp_context=context, initializer=_start_worker,
+                initargs=(os.getpid(),)) as pool:
+            futures = {pool.submit(_run_in_worker, run_fn, config, str(sweep_dir / RUNS_DIR / name)):
                        name for name, config in todo}
             for future in concurrent.futures.as_completed(futures):
                 record(futures[future], *future.result())

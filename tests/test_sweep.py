@@ -61,6 +61,73 @@ def fake_run(config, workdir):
     return summary
 
 
+def stopping_run(config, workdir):
+    """Records its process; seed 0 stops as a preempted run does (SystemExit), others wait."""
+    import os
+    import time
+
+    folder = pathlib.Path(workdir).parent.parent
+    (folder / f"pid_{config.seed}").write_text(str(os.getpid()))
+    if config.seed == 0:
+        raise SystemExit(143)
+    time.sleep(600)
+
+
+def test_workers_exit_when_their_run_is_preempted_or_the_sweep_dies(tmp_path):
+    """A preempted run ends its worker and the sweep (no next run in that process; rerun to
+    resume), and SIGKILL of the sweep's process makes its workers exit instead of training
+    on as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    def start(folder, seeds):
+        code = ("import sys; sys.path.insert(0, 'tests'); from test_sweep import stopping_run;"
+                "from experiments import grokking; from phasemix import sweep;"
+                f"sweep.run_sweep(grokking.get_config('smoke'), sweep.grid({{'seed': {seeds}}}),"
+                f" {str(folder)!r}, stopping_run, workers=2)")
+        return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_for(condition, timeout):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.2)
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:  # a dead, not yet reaped child is a zombie
+            return f.read().split(")")[-1].split()[0] != "Z"
+
+    preempted, killed = tmp_path / "preempted", tmp_path / "killed"
+    procs = [start(preempted, [0, 2]), start(killed, [1, 2])]
+    try:
+        assert procs[0].wait(timeout=180) != 0  # the pool broke: the sweep stopped
+        pids = [(preempted / f"pid_{seed}") for seed in (0, 2)]
+        assert not pids[1].exists() or pids[1].read_text() != pids[0].read_text()
+        waiting = [killed / "pid_1", killed / "pid_2"]
+        wait_for(lambda: all(p.exists() for p in waiting), timeout=180)
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait()
+        wait_for(lambda: not any(alive(int(p.read_text())) for p in waiting), timeout=30)
+    finally:
+        for proc in procs:
+            proc.kill()
+        for pid_file in tmp_path.glob("*/pid_*"):
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_rerun_skips_finished_runs_and_table_has_config_and_summary(tmp_path):
     base = grokking.get_config("smoke")
     first = sweep.run_sweep(base, sweep.grid({"seed": [0, 1]}), tmp_path, fake_run)
