@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from experiments import grokking
 from phasemix import compilation
@@ -20,9 +21,11 @@ def test_counter_sees_a_retrace():
     assert counted["jit(doubled)"] == 2, counted
 
 
-def test_loop_with_frequent_eval_and_checkpoints_compiles_once(tmp_path):
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_loop_with_frequent_eval_and_checkpoints_compiles_once(tmp_path, micro_batches):
     config = grokking.get_config("smoke")
     config.num_steps, config.eval_every, config.checkpoint_every = 12, 2, 3
+    config.micro_batches = micro_batches
     summary = grokking.run(config, str(tmp_path))
     assert summary["recompilations"] == 0, summary
 
