@@ -104,6 +104,19 @@ def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDic
     return workdir
 
 
+# Fields that change how a run executes, not what it computes (beyond float rounding): a
+# workdir written with another value, or before the field existed, still resumes and still
+# counts as the same run.
+EXECUTION_FIELDS = ("micro_batches",)
+
+
+def config_differences(found: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Flattened field -> (found, wanted) where two configs differ, execution fields aside."""
+    old, new = flatten_config(found), flatten_config(wanted)
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k) and k.rsplit(".", 1)[-1] not in EXECUTION_FIELDS}
+
+
 def check_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> pathlib.Path:
     """The checks of `prepare_workdir`, writing nothing (every process of a job runs them)."""
     workdir = pathlib.Path(workdir)
@@ -120,10 +133,9 @@ def check_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict)
             raise validation.ConfigError(
                 f"--workdir={workdir} holds a run of experiment {found.get('experiment')!r}, "
                 f"not {wanted.get('experiment')!r}; use a new --workdir")
-        old, new = flatten_config(found), flatten_config(wanted)
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        changed = config_differences(found, wanted)
         if changed:
-            details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+            details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
             raise validation.ConfigError(
                 f"--workdir={workdir} holds the same experiment with other settings ({details}); "
                 "re-run with the original flags to resume, or use a new --workdir")

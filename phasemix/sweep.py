@@ -131,7 +131,8 @@ def _finished(workdir: pathlib.Path,
               config: ml_collections.ConfigDict) -> tuple[dict[str, Any], float | None] | None:
     """The run's summary and sweep seconds if it completed with exactly this config, else None."""
     try:
-        if run_io.read_json(workdir / run_io.CONFIG_FILE) != run_io.config_to_dict(config):
+        found = run_io.read_json(workdir / run_io.CONFIG_FILE)
+        if run_io.config_differences(found, run_io.config_to_dict(config)):
             return None
         summary = run_io.read_json(workdir / run_io.SUMMARY_FILE)
     except (OSError, ValueError):

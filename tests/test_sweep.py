@@ -104,8 +104,11 @@ def test_workers_exit_when_their_run_is_preempted_or_the_sweep_dies(tmp_path):
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
-        with open(f"/proc/{pid}/stat") as f:  # a dead, not yet reaped child is a zombie
-            return f.read().split(")")[-1].split()[0] != "Z"
+        try:
+            with open(f"/proc/{pid}/stat") as f:  # a dead, not yet reaped child is a zombie
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:  # reaped in between
+            return False
 
     preempted, killed = tmp_path / "preempted", tmp_path / "killed"
     procs = [start(preempted, [0, 2]), start(killed, [1, 2])]
