@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: XLA's FLOP count, a matmul FLOP/s peak, baseline checkouts."""
+"""Shared by the benchmarks: matmul FLOP counts, a matmul FLOP/s peak, baseline checkouts."""
 
 from __future__ import annotations
 
@@ -8,13 +8,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-
-
-def compiled_flops(jitted, *args) -> float:
-    analysis = jitted.lower(*args).compile().cost_analysis()
-    if isinstance(analysis, list):  # older jax returns one dict per device program
-        analysis = analysis[0]
-    return float(analysis["flops"])
 
 
 def time_matmul(n: int, iterations: int = 20) -> float:
@@ -36,8 +29,9 @@ def time_matmul(n: int, iterations: int = 20) -> float:
 def matmul_flops(fn, *args) -> float:
     """FLOPs of the matrix products (dot_general) in `fn`'s jaxpr, 2 per multiply-add.
 
-    Counts what PyTorch's FlopCounterMode counts (loop bodies once), so two frameworks' steps can be checked for
-    doing the same work; XLA's cost analysis also counts elementwise ops.
+    Counts what PyTorch's FlopCounterMode counts, so two frameworks' steps can be checked for
+    doing the same work (XLA's cost analysis also counts elementwise ops). A scan's body counts
+    once per iteration; a while loop's body once (its trip count is not in the jaxpr).
     """
     import numpy as np
     from jax.extend import core as jax_core
@@ -50,12 +44,13 @@ def matmul_flops(fn, *args) -> float:
                 lhs_shape = eqn.invars[0].aval.shape
                 contracted = np.prod([lhs_shape[d] for d in lhs_contract])
                 total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * contracted
+            repeats = eqn.params["length"] if eqn.primitive.name == "scan" else 1
             for param in eqn.params.values():
                 for sub in param if isinstance(param, (list, tuple)) else [param]:
                     if isinstance(sub, jax_core.ClosedJaxpr):
-                        total += walk(sub.jaxpr)
+                        total += repeats * walk(sub.jaxpr)
                     elif isinstance(sub, jax_core.Jaxpr):
-                        total += walk(sub)
+                        total += repeats * walk(sub)
         return total
 
     return walk(jax.make_jaxpr(fn)(*args).jaxpr)

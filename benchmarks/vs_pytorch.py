@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import compiled_flops, matmul_flops, time_matmul
+from benchmarks.common import matmul_flops, time_matmul
 from phasemix import losses, model as model_lib, optimizer as optimizer_lib, params as params_lib
 from phasemix import train
 
@@ -194,8 +194,10 @@ def main(argv):
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
           f"with {torch.get_num_threads()} threads")
     print(f"{'model':<10} {'batch':>5} {'params':>9} {'slices':>6} {'jax steps/s':>12} "
-          f"{'torch steps/s':>14} {'jax/torch':>10} {'FLOP/s / matmul':>16} "
+          f"{'torch steps/s':>14} {'jax/torch':>10} {'jax FLOP/s':>11} {'torch FLOP/s':>13} "
           f"{'1 slice/torch':>14}")
+    print("(FLOP/s: the matrix products' FLOPs per step x steps/s, as a fraction of a 1024^3 "
+          "matmul timed in the same rounds)")
     for name in _MODELS.value:
         bench = BENCHES[name]
         for batch_size in map(int, _BATCH_SIZES.value):
@@ -211,7 +213,6 @@ def main(argv):
             torch_matmul = counter.get_total_flops() + attention_flops(bench, batch_size)
             # The same model, data and optimizer must mean the same matrix products.
             assert abs(jax_matmul / torch_matmul - 1) < 1e-3, (name, jax_matmul, torch_matmul)
-            flops = compiled_flops(step, state, device_batch)
             contestants = {"jax": jax_runner(step, state, device_batch)}
             if micro_batches > 1:  # what the slices gain, measured beside them
                 contestants["jax_1"] = jax_runner(*jax_step(bench, batch, 1)[:3])
@@ -233,11 +234,12 @@ def main(argv):
             def ratio(key):  # median over rounds of the per-round ratio
                 return statistics.median(a / b for a, b in zip(rates[key], rates["torch"]))
 
-            jax_rate = statistics.median(rates["jax"])
+            jax_rate, torch_rate = statistics.median(rates["jax"]), statistics.median(rates["torch"])
+            peak = statistics.median(peaks)
             single = f"{ratio('jax_1'):>13.2f}x" if "jax_1" in rates else f"{'-':>14}"
             print(f"{name:<10} {batch_size:>5} {jax_params:>9,} {micro_batches:>6} "
-                  f"{jax_rate:>12.1f} {statistics.median(rates['torch']):>14.1f} "
-                  f"{ratio('jax'):>9.2f}x {jax_rate * flops / statistics.median(peaks):>15.0%} "
+                  f"{jax_rate:>12.1f} {torch_rate:>14.1f} {ratio('jax'):>9.2f}x "
+                  f"{jax_rate * jax_matmul / peak:>11.0%} {torch_rate * jax_matmul / peak:>13.0%} "
                   f"{single}", flush=True)
 
 

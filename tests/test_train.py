@@ -79,29 +79,32 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch():
     state = train.init_state(jax.random.key(0), tokens_BxL=batch["inputs"][:1], model=model,
                              optimizer=optimizer, init_scale=1.0)
     steps = {}
-    for micro_batches in (1, 4):
+    for micro_batches in (1, 4, 8):  # 8: two loop iterations of 4 slices
         step = jax.jit(lambda s, b, m=micro_batches: train.train_step(
             s, b, model=model, optimizer=optimizer, loss_fn=losses.masked_token_loss,
             micro_batches=m))
         steps[micro_batches] = jax.device_get(step(state, batch))
-    (one_state, one_metrics), (four_state, four_metrics) = steps[1], steps[4]
-    for key in one_metrics:
-        np.testing.assert_allclose(four_metrics[key], one_metrics[key], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(four_state.params), jax.tree.leaves(one_state.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    one_state, one_metrics = steps[1]
+    for sliced_state, sliced_metrics in (steps[4], steps[8]):
+        for key in one_metrics:
+            np.testing.assert_allclose(sliced_metrics[key], one_metrics[key], rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(sliced_state.params), jax.tree.leaves(one_state.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_micro_batch_slices_keep_rows_on_their_device():
     rows = {"x": np.arange(8)}
-    parts = train.split_micro_batches(rows, micro_batches=2, num_shards=2)
+    parts = train.stack_micro_batches(rows, micro_batches=2, num_shards=2)
     # Device 0 holds rows 0-3 and device 1 rows 4-7: each slice takes half of each.
-    assert [p["x"].tolist() for p in parts] == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    assert parts["x"].tolist() == [[0, 1, 4, 5], [2, 3, 6, 7]]
 
 
 @pytest.mark.parametrize("rows, tokens_per_row, num_shards, expected", [
     (64, 3, 1, 1),     # the grokking smoke batch: slices of < 256 tokens gain nothing
     (512, 3, 1, 4),    # the grokking demo's batch
-    (64, 32, 1, 4),    # the small LM
+    (64, 32, 1, 4),    # the small LM at batch 64: 4 slices of 512 tokens
+    (512, 32, 1, 16),  # and at 512: 16 of 1,024
+    (64, 256, 1, 16),  # the sentiment encoder
     (6, 128, 1, 2),    # 4 does not divide the rows
     (64, 32, 16, 1),   # 4 rows per device
 ])
