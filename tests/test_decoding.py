@@ -19,10 +19,9 @@ def decoder():
     return model, params
 
 
-def _naive_greedy(model, params, prompt, num_new):
+def _naive_greedy(forward, params, prompt, num_new):
     # One full forward pass per new token; the sequence sits in a fixed 16-slot buffer so that
     # one compilation serves every length (the decoder is causal: tested in test_model).
-    forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
     tokens = list(prompt)
     for _ in range(num_new):
         buffer = np.zeros((1, 16), np.int32)
@@ -38,8 +37,9 @@ def test_batched_greedy_matches_token_by_token_decoding(decoder):
     prompts = [list(rng.integers(1, 13, size=n)) for n in (1, 3, 7, 5)]
     got = decoding.greedy_decode(model, params, prompts, num_new=4)
     assert got.shape == (4, 4)
+    forward = jax.jit(lambda p, t: model.apply({"params": p}, t))  # one compilation for all
     for prompt, row in zip(prompts, got):
-        assert list(row) == _naive_greedy(model, params, prompt, 4)
+        assert list(row) == _naive_greedy(forward, params, prompt, 4)
 
 
 def test_exact_match_in_one_pass_equals_greedy_decoding(decoder):
