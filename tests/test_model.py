@@ -52,7 +52,7 @@ def test_last_position_only_matches_the_full_model_there():
     batch = {"targets": tokens, "loss_mask": jnp.zeros((B, L)).at[:, -1].set(1.0)}
     grads = [jax.jit(jax.grad(lambda p, m=m: losses.masked_token_loss(
                  m.apply({"params": p}, tokens), batch)[0]))(params) for m in (full, trimmed)]
-    # Float32 sums in another order: on an AVX-512 machine one of 176 entries differed by 1.5e-7
+    # Float32 sums in another order: on an AVX2 machine one of 176 entries differed by 1.5e-7
     # (gradients here are ~0.01-0.3); a wrong position or mask would differ by ~1e-2.
     chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
     with pytest.raises(validation.ConfigError, match="--config.model.last_position_only"):
