@@ -23,6 +23,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
+# A run stopped by SIGTERM exits with this after its checkpoint: 128 + SIGTERM, as schedulers expect.
+PREEMPTED_EXIT_CODE = 143
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -17,7 +17,6 @@ with every run finished so far, by any of them, so that it ends as the unsharded
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import copy
 import csv
@@ -25,6 +24,7 @@ import dataclasses
 import io
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
 import pathlib
 import re
@@ -33,6 +33,7 @@ import socket
 import sys
 import tempfile
 import time
+import traceback
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
@@ -208,14 +209,84 @@ def _start_worker(parent_pid: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _run_in_worker(run_fn: RunFn, config: ml_collections.ConfigDict,
-                   workdir: str) -> tuple[dict[str, Any], float]:
-    """`_run_one` that ends the worker process on SystemExit (a preempted run): a pool
-    worker survives any exception and would otherwise start the next queued run."""
+def _worker_loop(connection: multiprocessing.connection.Connection, parent_pid: int) -> None:
+    """Trains the runs the sweep sends, one at a time, until it sends None. A preempted run
+    (SystemExit) ends the process with its exit code: the sweep stops, rerun to resume."""
+    _start_worker(parent_pid)
+    while (task := connection.recv()) is not None:
+        run_fn, config, workdir = task
+        try:
+            reply = ("done", _run_one(run_fn, config, workdir))
+        except Exception as error:  # re-raised in the sweep's process
+            reply = ("error", error, traceback.format_exc())
+        try:
+            connection.send(reply)
+        except Exception:  # an exception that does not pickle
+            connection.send(("error", RuntimeError(repr(reply[1])), reply[2]))
+
+
+class _WorkerTraceback(Exception):
+    """The traceback of an exception raised in a worker process, as its cause."""
+
+
+def _run_in_workers(todo: list[tuple[str, ml_collections.ConfigDict]], run_fn: RunFn,
+                    workers: int, sweep_dir: pathlib.Path,
+                    record: Callable[[str, dict[str, Any], float], None]) -> None:
+    """Trains `todo` in `workers` spawned processes, recording each run as it finishes.
+
+    A run that fails, or a worker that dies (a preempted run), stops the sweep: the other
+    workers get SIGTERM, which checkpoints their runs, and the sweep raises. This is our own
+    small pool because `concurrent.futures.ProcessPoolExecutor` (Python 3.11) can miss the
+    death of a worker it started on demand after its manager thread began waiting, and hang.
+    """
+    context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
+    started: list[tuple[multiprocessing.connection.Connection, Any]] = []
+    finished = False
     try:
-        return _run_one(run_fn, config, workdir)
-    except SystemExit as stop:
-        os._exit(stop.code if isinstance(stop.code, int) else 1)
+        with _env(XLA_FLAGS=SINGLE_THREAD_XLA_FLAGS):  # read by the workers as they start
+            for _ in range(min(workers, len(todo))):
+                ours, theirs = context.Pipe()
+                process = context.Process(target=_worker_loop, args=(theirs, os.getpid()))
+                process.start()
+                theirs.close()  # so that the worker's death reads as end-of-file here
+                started.append((ours, process))
+        queued, idle = list(todo), list(started)
+        busy: dict[multiprocessing.connection.Connection, tuple[str, Any]] = {}
+        while queued or busy:
+            while queued and idle:
+                connection, process = idle.pop()
+                name, config = queued.pop(0)
+                connection.send((run_fn, config, str(sweep_dir / RUNS_DIR / name)))
+                busy[connection] = (name, process)
+            for connection in multiprocessing.connection.wait(list(busy)):
+                name, process = busy.pop(connection)
+                try:
+                    reply = connection.recv()
+                except EOFError:
+                    process.join()
+                    raise _worker_died(name, process.exitcode) from None
+                if reply[0] == "error":
+                    raise reply[1] from _WorkerTraceback(f"run {name}:\n{reply[2]}")
+                idle.append((connection, process))
+                record(name, *reply[1])
+        finished = True
+    finally:
+        for connection, process in started:
+            if finished:
+                connection.send(None)
+            elif process.is_alive():
+                process.terminate()
+        for _, process in started:
+            process.join()
+
+
+def _worker_died(name: str, exit_code: int | None) -> BaseException:
+    if exit_code == run_io.PREEMPTED_EXIT_CODE:
+        _say(f"run {name} was preempted: the sweep stops; rerun the same command to resume")
+        return SystemExit(exit_code)
+    return RuntimeError(f"the worker training run {name} died (exit code {exit_code}; "
+                        "negative: killed by that signal, e.g. -9 when out of memory); "
+                        "rerun the same command to resume from the last checkpoints")
 
 
 @contextlib.contextmanager
@@ -326,14 +397,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
         for name, config in todo:
             record(name, *_run_one(run_fn, config, str(sweep_dir / RUNS_DIR / name)))
     else:
-        context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
-        with _env(XLA_FLAGS=SINGLE_THREAD_XLA_FLAGS), concurrent.futures.ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_start_worker,
-                initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(_run_in_worker, run_fn, config, str(sweep_dir / RUNS_DIR / name)):
-                       name for name, config in todo}
-            for future in concurrent.futures.as_completed(futures):
-                record(futures[future], *future.result())
+        _run_in_workers(todo, run_fn, workers, sweep_dir, record)
     collect_finished()
     rows = table_rows()
     if distributed.is_primary():

@@ -36,7 +36,7 @@ from phasemix import (batching, checkpointing, compilation, distributed, losses,
                       sharding, validation)
 
 LossFn = Callable[[jax.Array, dict[str, jax.Array]], tuple[jax.Array, losses.Metrics]]
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect
+PREEMPTED_EXIT_CODE = run_io.PREEMPTED_EXIT_CODE
 # Micro-batch slices computed side by side in the train step (one loop iteration).
 CONCURRENT_SLICES = 4
 

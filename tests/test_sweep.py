@@ -131,6 +131,21 @@ def test_workers_exit_when_their_run_is_preempted_or_the_sweep_dies(tmp_path):
                 pass
 
 
+def failing_run(config, workdir):
+    """`fake_run`, except that seed 1 raises."""
+    if config.seed == 1:
+        raise ValueError("seed 1 went wrong")
+    return fake_run(config, workdir)
+
+
+def test_a_failing_run_in_a_worker_raises_its_error_with_the_worker_traceback(tmp_path):
+    base = grokking.get_config("smoke")
+    with pytest.raises(ValueError, match="seed 1 went wrong") as raised:
+        sweep.run_sweep(base, sweep.grid({"seed": [0, 1, 2]}), tmp_path, failing_run, workers=2)
+    assert "in failing_run" in str(raised.value.__cause__)
+    assert not (tmp_path / "runs" / "seed=1" / "summary.json").exists()
+
+
 def test_rerun_skips_finished_runs_and_table_has_config_and_summary(tmp_path):
     base = grokking.get_config("smoke")
     first = sweep.run_sweep(base, sweep.grid({"seed": [0, 1]}), tmp_path, fake_run)
