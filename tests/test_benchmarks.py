@@ -15,3 +15,18 @@ def test_matmul_flops_counts_every_iteration_of_a_scan():
         return jax.lax.scan(lambda c, x: (c + x @ b, None), jnp.zeros(3), a, unroll=2)[0]
 
     assert matmul_flops(scanned, a_4x8, b_8x3) == once
+
+
+def test_kernel_benchmark_times_every_dense_product_of_the_step():
+    """`matmul_kernels`' products plus attention (and mean pooling, forward and input gradient)
+    are the step's matrix-product FLOPs."""
+    from benchmarks import matmul_kernels, vs_pytorch
+
+    for name, bench in vs_pytorch.BENCHES.items():
+        batch = vs_pytorch.make_batch(bench, 4)
+        step, state, device_batch, _ = vs_pytorch.jax_step(bench, batch, 1)
+        dense = sum(count * 2 * m * k * n for (_, m, k, n, _), count
+                    in matmul_kernels.dense_products(bench, 4).items())
+        pooling = 2 * 2 * 4 * bench.seq_len * bench.cfg.d_model if bench.cfg.pooling == "mean" else 0
+        assert dense + pooling + vs_pytorch.attention_flops(bench, 4) == matmul_flops(
+            step, state, device_batch), name
