@@ -53,6 +53,8 @@ def matmul_flops(fn, *args) -> float:
                         total += repeats * walk(sub)
         return total
 
+    if hasattr(fn, "trace"):  # a jitted function: traced itself, since one with compiler
+        return walk(fn.trace(*args).jaxpr.jaxpr)  # options may not be nested in make_jaxpr
     return walk(jax.make_jaxpr(fn)(*args).jaxpr)
 
 

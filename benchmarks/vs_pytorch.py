@@ -23,8 +23,8 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.common import matmul_flops, time_matmul
-from phasemix import losses, model as model_lib, optimizer as optimizer_lib, params as params_lib
-from phasemix import train
+from phasemix import compilation, losses, model as model_lib, optimizer as optimizer_lib
+from phasemix import params as params_lib, train
 
 _MODELS = flags.DEFINE_list("models", ["grokking", "small_lm", "sentiment"], "Models to time.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "512"], "Batch sizes.")
@@ -43,12 +43,14 @@ class Bench:
     cfg: model_lib.TransformerConfig
     loss: str
     seq_len: int
+    xla_cpu_ynnpack: bool = True  # as the model's experiment config sets it
 
 
 BENCHES = {
     # The grokking demo: 1 layer, d=128, a + b mod 97 as [a, b, =].
     "grokking": Bench(model_lib.TransformerConfig(vocab_size=98, max_len=3,
-                                                  last_position_only=True), "answer", 3),
+                                                  last_position_only=True), "answer", 3,
+                      xla_cpu_ynnpack=False),
     # The shared/STACK.md baseline: 2 layers, d=128, seq 32, vocabulary 100.
     "small_lm": Bench(model_lib.TransformerConfig(vocab_size=100, max_len=32, num_layers=2),
                       "lm", 32),
@@ -78,9 +80,10 @@ def jax_step(bench: Bench, batch: dict[str, np.ndarray], micro_batches: int):
     loss_fn = losses.classification_loss if bench.loss == "classify" else losses.masked_token_loss
     state = train.init_state(jax.random.key(0), tokens_BxL=jnp.asarray(batch["inputs"][:1]),
                              model=model, optimizer=optimizer, init_scale=1.0)
+    options = compilation.compiler_options(jax.devices()[0].platform, bench.xla_cpu_ynnpack)
     step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
                                      loss_fn=loss_fn, micro_batches=micro_batches),
-                   donate_argnums=0)
+                   donate_argnums=0, compiler_options=options)
     device_batch = jax.device_put(batch)
     return step, state, device_batch, params_lib.count_params(state.params)
 

@@ -198,6 +198,9 @@ def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) ->
     micro_batches = config.get("micro_batches", 0)  # optional field; 0 = auto
     validation.require(isinstance(micro_batches, int) and micro_batches >= 0, "micro_batches",
                        "must be 0 (auto) or a positive number of slices", micro_batches)
+    ynnpack = config.get("xla_cpu_ynnpack", True)  # optional field
+    validation.require(isinstance(ynnpack, bool), "xla_cpu_ynnpack", "must be True or False",
+                       ynnpack)
     validation.require(config.model.init_scale > 0, "model.init_scale", "must be positive",
                        config.model.init_scale)
     optimizer_lib.validate(config.opt)
@@ -271,13 +274,15 @@ def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.shar
                                init_scale=config.model.init_scale)
     # Outputs read on the host are replicated: with several processes, a host can only read
     # an array whose every element is on its own devices.
-    step = jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh, batch_axis)),
-                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    jit = functools.partial(jax.jit, compiler_options=compilation.compiler_options(
+        mesh.devices.flat[0].platform, config.get("xla_cpu_ynnpack", True)))
+    step = jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh, batch_axis)),
+               out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     return Programs(
-        init=jax.jit(init_fn, out_shardings=state_sharding),
+        init=jit(init_fn, out_shardings=state_sharding),
         step=step,
-        evaluate=jax.jit(eval_fn, out_shardings=sharding.replicated(mesh)),
-        norms=jax.jit(norms_fn, out_shardings=sharding.replicated(mesh)),
+        evaluate=jit(eval_fn, out_shardings=sharding.replicated(mesh)),
+        norms=jit(norms_fn, out_shardings=sharding.replicated(mesh)),
         abstract_state=with_sharding(jax.eval_shape(single, one_key)),
         batch_axis=batch_axis)
 

@@ -1,11 +1,12 @@
-"""The compilation counter, and a training loop that compiles nothing after its first step."""
+"""The compilation counter, a training loop that compiles nothing after its first step, and the
+compiler options the programs are built with."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 from experiments import grokking
-from phasemix import compilation
+from phasemix import compilation, sharding, train
 
 
 def test_counter_sees_a_retrace():
@@ -54,3 +55,25 @@ def test_a_rerun_loads_its_programs_from_the_xla_cache(tmp_path):
     first = run("a")
     assert first  # the train step, eval and init were kept
     assert run("b") == first  # every program of the rerun came from the cache
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU compiler option")
+def test_grokking_programs_use_xla_dots_without_ynnpack_and_the_others_keep_it():
+    config = grokking.get_config("smoke")
+    mesh = sharding.make_mesh()
+    task = grokking.make_task(config, jax.device_count())
+    batch = sharding.put_batch(task.train_batches[0], mesh)
+
+    def ynnpack_fusions(ynnpack: bool) -> int:
+        config.xla_cpu_ynnpack = ynnpack
+        programs = train.build_programs(config, task, mesh)
+        state = programs.init(jax.random.key(0))
+        return programs.step.lower(state, batch).compile().as_text().count("__ynn_fusion")
+
+    assert grokking.get_config().xla_cpu_ynnpack is False
+    assert ynnpack_fusions(False) == 0
+    assert ynnpack_fusions(True) > 0
+
+
+def test_an_option_this_xla_lacks_is_left_out():
+    assert not compilation._cpu_accepts("xla_cpu_no_such_option_here", "")

@@ -204,16 +204,18 @@ def test_bad_loop_config_fails_before_writing(smoke_config, tmp_path):
         assert not (tmp_path / "w").exists()
 
 
-def test_workdir_from_before_micro_batches_still_resumes(smoke_config, tmp_path):
-    """An execution-only field (absent in older workdirs, or changed) does not refuse a
-    workdir, for a run or for a sweep that looks for finished runs; other fields still do."""
+def test_workdir_from_before_the_execution_fields_still_resumes(smoke_config, tmp_path):
+    """Execution-only fields (absent in older workdirs, or changed) do not refuse a workdir,
+    for a run or for a sweep that looks for finished runs; other fields still do."""
     from phasemix import sweep
 
     older = run_io.config_to_dict(smoke_config)
-    del older["micro_batches"]
+    for field in run_io.EXECUTION_FIELDS:
+        del older[field]
     run_io.write_json_atomic(tmp_path / "config.json", older)
     run_io.write_json_atomic(tmp_path / "summary.json", {"final_step": smoke_config.num_steps})
     smoke_config.micro_batches = 2
+    smoke_config.xla_cpu_ynnpack = not smoke_config.xla_cpu_ynnpack
     assert run_io.check_workdir(tmp_path, smoke_config) == tmp_path
     assert sweep._finished(tmp_path, smoke_config) is not None
     smoke_config.task.p += 2
