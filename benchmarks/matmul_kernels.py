@@ -4,7 +4,8 @@ For each dense layer of a `vs_pytorch` model, times the forward product X @ W an
 ones dY @ W^T and X^T @ dY, jitted in JAX at the rows of one micro-batch slice (as the phasemix
 step runs them) and with `torch.mm` at the whole batch (as PyTorch's eager step runs them;
 transposes as views, as autograd passes them), alternately in this one process; ratios are
-medians over rounds. JAX runs 16 products per call, each feeding the next through one
+medians over rounds. XLA compiles them with the model's compiler options (the grokking
+model's without YNNPACK, as its experiments run). JAX runs 16 products per call, each feeding the next through one
 elementwise add, so that the per-call dispatch cost does not count and XLA cannot hoist them. Attention's batched products are left out. It says how fast a train step
 can be relative to PyTorch's when both are bound by these products. Needs the `bench` extra:
   python -m benchmarks.matmul_kernels
@@ -14,6 +15,7 @@ can be relative to PyTorch's when both are bound by these products. Needs the `b
 from __future__ import annotations
 
 import statistics
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.vs_pytorch import _BATCH_SIZES, _MODELS, _ROUNDS, _SECONDS, BENCHES, Bench, steps_per_second
-from phasemix import train
+from phasemix import compilation, train
 
 
 
@@ -55,37 +57,43 @@ def dense_products(bench: Bench, rows: int) -> dict[tuple[str, int, int, int, bo
 PRODUCTS_PER_CALL = 16  # JAX repeats a product inside one call: no dispatch cost per product
 
 
-def _timed_product(m: int, k: int, n: int, transposed: bool):
-    """Runners of one product, (run_jax, run_torch), each taking a number of products to run."""
-    import torch
-
+def _operands(m: int, k: int, n: int, transposed: bool) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     left = rng.standard_normal((k, m) if transposed else (m, k), np.float32)
-    right = rng.standard_normal((k, n), np.float32)
+    return left, rng.standard_normal((k, n), np.float32)
 
-    @jax.jit
-    def jax_products(a, b):
-        def body(_, carry):  # each product feeds the next, so that XLA cannot hoist it
-            a, total = carry
-            out = (a.T if transposed else a) @ b
-            return a + 1e-30 * out[0, 0], total + out[0, 0]
 
-        return jax.lax.fori_loop(0, PRODUCTS_PER_CALL, body, (a, jnp.float32(0)))[1]
+def _jax_runner(m: int, k: int, n: int, transposed: bool, options: dict[str, Any]):
+    """Runs a number of XLA products (compiled with `options`), PRODUCTS_PER_CALL per call."""
+    def body(_, carry):  # each product feeds the next, so that XLA cannot hoist it
+        a, b, total = carry
+        out = (a.T if transposed else a) @ b
+        return a + 1e-30 * out[0, 0], b, total + out[0, 0]
 
-    jax_left, jax_right = jnp.asarray(left), jnp.asarray(right)
-    torch_left = torch.from_numpy(left).t() if transposed else torch.from_numpy(left)
-    torch_right = torch.from_numpy(right)
+    products = jax.jit(lambda a, b: jax.lax.fori_loop(
+        0, PRODUCTS_PER_CALL, body, (a, b, jnp.float32(0)))[2], compiler_options=options)
+    left, right = map(jnp.asarray, _operands(m, k, n, transposed))
 
-    def run_jax(products):
-        for _ in range(max(1, products // PRODUCTS_PER_CALL)):
-            out = jax_products(jax_left, jax_right)
+    def run(count):
+        for _ in range(max(1, count // PRODUCTS_PER_CALL)):
+            out = products(left, right)
         out.block_until_ready()
 
-    def run_torch(products):
-        for _ in range(products):
-            torch.mm(torch_left, torch_right)
+    return run
 
-    return run_jax, run_torch
+
+def _torch_runner(m: int, k: int, n: int, transposed: bool):
+    """Runs a number of `torch.mm` products."""
+    import torch
+
+    left, right = map(torch.from_numpy, _operands(m, k, n, transposed))
+    left = left.t() if transposed else left
+
+    def run(count):
+        for _ in range(count):
+            torch.mm(left, right)
+
+    return run
 
 
 def main(argv):
@@ -97,6 +105,8 @@ def main(argv):
         bench = BENCHES[name]
         for batch_size in map(int, _BATCH_SIZES.value):
             slices = train.auto_micro_batches(batch_size, bench.seq_len, 1)
+            options = compilation.compiler_options(jax.devices()[0].platform,
+                                                   bench.xla_cpu_ynnpack)
             print(f"\n{name}, batch {batch_size}: phasemix in {slices} slice(s) of "
                   f"{batch_size // slices} rows, PyTorch in one")
             print(f"{'product':<16} {'phasemix m x k x n':>20} {'PyTorch m x k x n':>20} "
@@ -105,8 +115,8 @@ def main(argv):
             for ((label, *jax_shape), count), ((_, *torch_shape), _) in zip(
                     dense_products(bench, batch_size // slices).items(),
                     dense_products(bench, batch_size).items()):
-                run_jax = _timed_product(*jax_shape)[0]
-                run_torch = _timed_product(*torch_shape)[1]
+                run_jax = _jax_runner(*jax_shape, options)
+                run_torch = _torch_runner(*torch_shape)
                 run_jax(PRODUCTS_PER_CALL)
                 run_torch(2)
                 rates = {"jax": [], "torch": []}
