@@ -4,10 +4,12 @@ For each dense layer of a `vs_pytorch` model, times the forward product X @ W an
 ones dY @ W^T and X^T @ dY, jitted in JAX at the rows of one micro-batch slice (as the phasemix
 step runs them) and with `torch.mm` at the whole batch (as PyTorch's eager step runs them;
 transposes as views, as autograd passes them), alternately in this one process; ratios are
-medians over rounds. XLA compiles them with the model's compiler options (the grokking
-model's without YNNPACK, as its experiments run). JAX runs 16 products per call, each feeding the next through one
-elementwise add, so that the per-call dispatch cost does not count and XLA cannot hoist them. Attention's batched products are left out. It says how fast a train step
-can be relative to PyTorch's when both are bound by these products. Needs the `bench` extra:
+medians over rounds. XLA compiles them with the model's compiler options (the grokking model's
+without YNNPACK, as its experiments run). JAX runs 16 products per call, each feeding the next
+through one elementwise add, so that the per-call dispatch cost does not count and XLA cannot
+hoist them. Attention's batched products are left out. It says how fast a train step can be
+relative to PyTorch's when both are bound by these products.
+Needs the `bench` extra:
   python -m benchmarks.matmul_kernels
   python -m benchmarks.matmul_kernels --models=small_lm --batch_sizes=512 --rounds=7
 """
@@ -22,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks.vs_pytorch import _BATCH_SIZES, _MODELS, _ROUNDS, _SECONDS, BENCHES, Bench, steps_per_second
+from benchmarks.vs_pytorch import (_BATCH_SIZES, _MODELS, _ROUNDS, _SECONDS, BENCHES, Bench,
+                                   steps_per_second)
 from phasemix import compilation, train
-
 
 
 def dense_products(bench: Bench, rows: int) -> dict[tuple[str, int, int, int, bool], int]:

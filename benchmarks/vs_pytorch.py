@@ -197,10 +197,13 @@ def main(argv):
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
           f"with {torch.get_num_threads()} threads")
     print(f"{'model':<10} {'batch':>5} {'params':>9} {'slices':>6} {'jax steps/s':>12} "
-          f"{'torch steps/s':>14} {'jax/torch':>10} {'jax FLOP/s':>11} {'torch FLOP/s':>13} "
+          f"{'torch steps/s':>14} {'jax/torch':>10} {'middle half':>11} {'jax FLOP/s':>11} "
+          f"{'torch FLOP/s':>13} "
           f"{'1 slice/torch':>14}")
-    print("(FLOP/s: the matrix products' FLOPs per step x steps/s, as a fraction of a 1024^3 "
-          "matmul timed in the same rounds)")
+    print("(jax/torch: the median over rounds of each round's ratio; middle half: the first "
+          "to third quartile of those ratios, this machine's noise. FLOP/s: the matrix "
+          "products' FLOPs per step x steps/s, as a fraction of a 1024^3 matmul timed in the "
+          "same rounds)")
     for name in _MODELS.value:
         bench = BENCHES[name]
         for batch_size in map(int, _BATCH_SIZES.value):
@@ -235,15 +238,30 @@ def main(argv):
                 peaks.append(time_matmul(1024))
 
             def ratio(key):  # median over rounds of the per-round ratio
-                return statistics.median(a / b for a, b in zip(rates[key], rates["torch"]))
+                return statistics.median(round_ratios(rates[key], rates["torch"]))
 
             jax_rate, torch_rate = statistics.median(rates["jax"]), statistics.median(rates["torch"])
             peak = statistics.median(peaks)
             single = f"{ratio('jax_1'):>13.2f}x" if "jax_1" in rates else f"{'-':>14}"
+            low, high = quartiles(round_ratios(rates["jax"], rates["torch"]))
             print(f"{name:<10} {batch_size:>5} {jax_params:>9,} {micro_batches:>6} "
                   f"{jax_rate:>12.1f} {torch_rate:>14.1f} {ratio('jax'):>9.2f}x "
+                  f"{f'{low:.2f}-{high:.2f}':>11} "
                   f"{jax_rate * jax_matmul / peak:>11.0%} {torch_rate * jax_matmul / peak:>13.0%} "
                   f"{single}", flush=True)
+
+
+def round_ratios(rates: list[float], baseline_rates: list[float]) -> list[float]:
+    """Each round's speed over the baseline's speed in that same round."""
+    return [a / b for a, b in zip(rates, baseline_rates)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles: the spread of the middle half of the rounds."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
 
 
 def jax_runner(step, state, device_batch):

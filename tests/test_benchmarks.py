@@ -30,3 +30,12 @@ def test_kernel_benchmark_times_every_dense_product_of_the_step():
         pooling = 2 * 2 * 4 * bench.seq_len * bench.cfg.d_model if bench.cfg.pooling == "mean" else 0
         assert dense + pooling + vs_pytorch.attention_flops(bench, 4) == matmul_flops(
             step, state, device_batch), name
+
+
+def test_ratios_are_per_round_and_the_spread_is_the_middle_half():
+    from benchmarks import vs_pytorch
+
+    ratios = vs_pytorch.round_ratios([2.0, 3.0, 1.0, 8.0, 5.0], [1.0, 1.0, 1.0, 2.0, 1.0])
+    assert ratios == [2.0, 3.0, 1.0, 4.0, 5.0]
+    assert vs_pytorch.quartiles(ratios) == (2.0, 4.0)
+    assert vs_pytorch.quartiles([1.5]) == (1.5, 1.5)
