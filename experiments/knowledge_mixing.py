@@ -171,9 +171,16 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[
         loss_fn=functools.partial(losses.masked_token_loss, exact_match=True),
         train_batches=grain.MapDataset.source(batches),
         eval_sets=eval_sets,
-        summarize=functools.partial(summarize, **facts))
+        summarize=functools.partial(summarize, **facts),
+        progress=progress_fields)
     return task, {"tokenizer": tok, "synbio": bio, "exposures": exposures,
                   "final_people": trained_people[:config.final_eval_people]}
+
+
+def progress_fields(row: dict[str, Any]) -> str:
+    """The progress line: mean exact match over the attributes (the paper's metric) and web loss."""
+    exact = np.mean([row[f"{name}_exact_match"] for name in ATTRIBUTE_SETS])
+    return f"bio_exact_match={exact:.3f} web_val_loss={row['web_val_loss']:.3f}"
 
 
 def summarize(rows: list[dict[str, Any]], **facts) -> dict[str, Any]:

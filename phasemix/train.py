@@ -60,6 +60,9 @@ class Task:
     # Optional: params -> a few of their arrays, saved at every evaluation as snapshots/<step>.npz
     # (e.g. a classifier's weights, whose distribution a figure follows through training).
     snapshot: Callable[[Any], dict[str, np.ndarray]] | None = None
+    # Optional: a metric row -> the numbers the terminal's progress line shows (default:
+    # `eval_accuracies`), for tasks whose headline metric is not a token accuracy.
+    progress: Callable[[dict[str, Any]], str] | None = None
 
 
 class Preempted(SystemExit):
@@ -81,6 +84,12 @@ def init_state(key: jax.Array, *, tokens_BxL: jax.Array, model: model_lib.Transf
 
 def apply_model(model: model_lib.Transformer, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
     return model.apply({"params": params}, batch["inputs"], batch.get("pad_mask"))
+
+
+def eval_accuracies(row: dict[str, Any]) -> str:
+    """The progress line's default: every evaluation set's accuracy in a metric row."""
+    return " ".join(f"{k}={v:.3f}" for k, v in row.items()
+                    if k.endswith("accuracy") and not k.startswith("batch"))
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_lib.Transformer,
@@ -439,9 +448,7 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                 if run.writer is not None:  # process 0
                     run.writer.write(row)
             warm.setdefault("logged", True)
-            shown = " ".join(f"{k}={rows[0][k]:.3f}" for k in rows[0]
-                             if k.endswith("accuracy") and not k.startswith("batch"))
-            logging.info("%s", bar.line(step, shown))
+            logging.info("%s", bar.line(step, (task.progress or eval_accuracies)(rows[0])))
 
         def save(step: int) -> None:
             # Orbax compiles a few programs at its first save across processes (it slices

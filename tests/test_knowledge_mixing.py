@@ -1,6 +1,7 @@
 """The knowledge-mixing run: streams, exposures, evaluation rows, the run contract, bad input."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -55,9 +56,10 @@ def test_query_rows_score_exactly_the_value_tokens(small):
         knowledge.query_arrays(tok, [query], seq_len=4)
 
 
-def test_smoke_run_writes_the_contract_with_an_exact_ratio(tmp_path):
+def test_smoke_run_writes_the_contract_with_an_exact_ratio(tmp_path, caplog):
     config = knowledge_mixing.get_config("smoke")
-    summary = knowledge_mixing.run(config, str(tmp_path))
+    with caplog.at_level(logging.INFO):
+        summary = knowledge_mixing.run(config, str(tmp_path))
     assert summary["bio_token_fraction"] == pytest.approx(0.3, abs=1 / (16 * 30))
     assert summary["recompilations"] == 0
     assert 0 <= summary["bio_accuracy"] <= 1 and summary["exposures_min"] >= 1
@@ -72,6 +74,10 @@ def test_smoke_run_writes_the_contract_with_an_exact_ratio(tmp_path):
     assert samples and {"prompt", "gold", "generated"} <= set(samples[0])
     rows = run_io.read_metrics(tmp_path)
     assert rows[-1]["web_val_loss"] < rows[0]["web_val_loss"]  # it learns the web text
+    # The progress line shows the paper's metric, the attributes' mean exact match.
+    last_exact = np.mean([rows[-1][f"{n}_exact_match"] for n in knowledge_mixing.ATTRIBUTE_SETS])
+    assert f"{config.num_steps}/{config.num_steps} (100%) bio_exact_match={last_exact:.3f}" \
+        in caplog.text
     people = sweep.read_table(tmp_path / "people.csv")
     assert len(people) == config.final_eval_people
     # The per-person accuracies average to the run's final accuracy over the same people.
