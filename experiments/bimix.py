@@ -107,7 +107,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     1,000 steps x 16 x 64 tokens (1.0M tokens, a third of a pass over each domain), 9
     evaluations of 256 windows per domain. Measured on the project's 2-core CPU while two
     other experiments kept both cores busy (so no faster than idle): one run took 245
-    CPU-seconds with one XLA thread, as a sweep worker runs it (279 s wall; ~35 s of it
+    CPU-seconds in a sweep worker (279 s wall; ~35 s of it
     loading data and compiling); two seeds of the uniform mixture: 244 and 245 s. The fits
     of the default (3 laws x 4 domains, twice each) on curves of that shape: 44 CPU-seconds.
     The whole default study, measured alone on that CPU: 1,546 s (25.8 min) wall, ~145 s per
@@ -139,7 +139,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         # smaller): plug-in entropies grow with the sample, so sizes must match.
         tokens=300_000))
     config.extra_mixtures = ()  # more mixtures to compare, e.g. ((0.4, 0.3, 0.2, 0.1),)
-    config.workers = 2  # parallel runs, one XLA thread each (1: in this process)
+    config.workers = 2  # parallel runs, each pinned to its share of the CPUs (1: in this process)
     if smoke:
         config.num_proxies = 5
         config.seeds = (0,)

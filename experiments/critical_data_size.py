@@ -78,7 +78,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.seeds = (0, 1, 2)
     config.widths = (16, 32, 64, 128)  # model mode: d_model (d_mlp = 4 x width, 4 heads)
     config.depths = (1,)  # model mode: num_layers
-    config.workers = 2  # parallel processes (one XLA thread each); 1 runs in this process
+    config.workers = 2  # parallel processes, each on its share of the CPUs; 1: in this process
     # Train the seeds of each grid point as one vmapped program instead (in this process).
     # Measure before choosing: see benchmarks/sweep_runner.py and the README.
     config.vmap_seeds = False

@@ -86,7 +86,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.web_sweep = ml_collections.config_dict.placeholder(str)
     config.bits_per_param = 2.0
     config.param_count = "non_embedding_params"
-    config.workers = 2  # parallel runs, one XLA thread each (1: in this process)
+    config.workers = 2  # parallel runs, each pinned to its share of the CPUs (1: in this process)
     if smoke:
         config.ratios = (0.2, 1.0)
         config.presets = ("tiny-16", "tiny-32", "tiny-48")

@@ -6,7 +6,7 @@ axes). Every run keeps the run output contract in `<sweep_dir>/runs/<name>/`; th
 as columns. Re-running the same sweep skips finished runs and resumes interrupted ones.
 
 Runs execute one after another in this process (`workers=1`), in `workers` spawned processes,
-each pinned to one XLA CPU thread so that the processes do not fight over the cores, or
+each pinned to its own share of the CPUs (Linux) so that the processes do not fight over them, or
 (`group_fn` given) as groups of runs that differ only in seed, each group one vmapped program.
 Which is fastest depends on the machine: `benchmarks/sweep_runner.py` measures it.
 
@@ -17,7 +17,6 @@ with every run finished so far, by any of them, so that it ends as the unsharded
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import dataclasses
@@ -48,9 +47,6 @@ ValidateFn = Callable[[ml_collections.ConfigDict], None]
 RESULTS_FILE = "results.csv"
 RUNS_DIR = "runs"
 RUN_SECONDS_FILE = "sweep_seconds.json"  # in a run's folder: the sweep's wall time for it
-# One XLA CPU thread per process: with one process per core the processes then share the
-# machine instead of oversubscribing it.
-SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,9 +205,28 @@ def _start_worker(parent_pid: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _worker_loop(connection: multiprocessing.connection.Connection, parent_pid: int) -> None:
+def worker_cpus(workers: int) -> list[set[int] | None]:
+    """The CPUs each of `workers` processes may use: an equal contiguous share of this
+    process's, or one each in turn when there are more workers than CPUs; None where the OS
+    cannot pin (not Linux)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return [None] * workers
+    cpus = sorted(os.sched_getaffinity(0))
+    if workers >= len(cpus):
+        return [{cpus[i % len(cpus)]} for i in range(workers)]
+    return [set(cpus[i * len(cpus) // workers:(i + 1) * len(cpus) // workers])
+            for i in range(workers)]
+
+
+def _worker_loop(connection: multiprocessing.connection.Connection, parent_pid: int,
+                 cpus: set[int] | None) -> None:
     """Trains the runs the sweep sends, one at a time, until it sends None. A preempted run
     (SystemExit) ends the process with its exit code: the sweep stops, rerun to resume."""
+    if cpus is not None:
+        # Before JAX starts its CPU backend, which sizes its thread pools to the CPUs this
+        # process may use. (XLA_FLAGS such as --xla_cpu_multi_thread_eigen=false left YNNPACK's
+        # and the runtime's threads running: a "single-threaded" worker used 1.8 cores.)
+        os.sched_setaffinity(0, cpus)
     _start_worker(parent_pid)
     while (task := connection.recv()) is not None:
         run_fn, config, workdir = task
@@ -243,13 +258,12 @@ def _run_in_workers(todo: list[tuple[str, ml_collections.ConfigDict]], run_fn: R
     started: list[tuple[multiprocessing.connection.Connection, Any]] = []
     finished = False
     try:
-        with _env(XLA_FLAGS=SINGLE_THREAD_XLA_FLAGS):  # read by the workers as they start
-            for _ in range(min(workers, len(todo))):
-                ours, theirs = context.Pipe()
-                process = context.Process(target=_worker_loop, args=(theirs, os.getpid()))
-                process.start()
-                theirs.close()  # so that the worker's death reads as end-of-file here
-                started.append((ours, process))
+        for cpus in worker_cpus(min(workers, len(todo))):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_worker_loop, args=(theirs, os.getpid(), cpus))
+            process.start()
+            theirs.close()  # so that the worker's death reads as end-of-file here
+            started.append((ours, process))
         queued, idle = list(todo), list(started)
         busy: dict[multiprocessing.connection.Connection, tuple[str, Any]] = {}
         while queued or busy:
@@ -287,20 +301,6 @@ def _worker_died(name: str, exit_code: int | None) -> BaseException:
     return RuntimeError(f"the worker training run {name} died (exit code {exit_code}; "
                         "negative: killed by that signal, e.g. -9 when out of memory); "
                         "rerun the same command to resume from the last checkpoints")
-
-
-@contextlib.contextmanager
-def _env(**values: str):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _seed_groups(todo: list[tuple[str, ml_collections.ConfigDict]]) -> list[list[tuple[str, ml_collections.ConfigDict]]]:

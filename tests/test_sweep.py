@@ -1,5 +1,6 @@
 """The sweep runner: grids, up-front errors, skipping finished runs, the tidy table."""
 
+import os
 import pathlib
 
 import pytest
@@ -144,6 +145,33 @@ def test_a_failing_run_in_a_worker_raises_its_error_with_the_worker_traceback(tm
         sweep.run_sweep(base, sweep.grid({"seed": [0, 1, 2]}), tmp_path, failing_run, workers=2)
     assert "in failing_run" in str(raised.value.__cause__)
     assert not (tmp_path / "runs" / "seed=1" / "summary.json").exists()
+
+
+def test_worker_cpus_are_equal_shares_or_one_each_in_turn(monkeypatch):
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert sweep.worker_cpus(2) == [{0, 1, 2, 3}, {4, 5, 6, 7}]
+    assert sweep.worker_cpus(3) == [{0, 1}, {2, 3, 4}, {5, 6, 7}]
+    assert sweep.worker_cpus(10)[7:] == [{7}, {0}, {1}]
+
+
+def affinity_run(config, workdir):
+    """`fake_run`, with the CPUs its process may use in the summary."""
+    from phasemix import run_io
+
+    summary = {**fake_run(config, workdir),
+               "cpus": "+".join(map(str, sorted(os.sched_getaffinity(0))))}
+    run_io.write_json_atomic(pathlib.Path(workdir) / "summary.json", summary)
+    return summary
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning needs Linux and two CPUs")
+def test_each_worker_runs_on_its_own_cpus(tmp_path):
+    base = grokking.get_config("smoke")
+    rows = sweep.run_sweep(base, sweep.grid({"seed": [0, 1, 2, 3]}), tmp_path, affinity_run,
+                           workers=2)
+    shares = {"+".join(map(str, sorted(cpus))) for cpus in sweep.worker_cpus(2)}
+    assert {str(r["cpus"]) for r in rows} == shares  # both workers ran, each on its own share
 
 
 def test_rerun_skips_finished_runs_and_table_has_config_and_summary(tmp_path):
