@@ -39,3 +39,20 @@ def test_ratios_are_per_round_and_the_spread_is_the_middle_half():
     assert ratios == [2.0, 3.0, 1.0, 4.0, 5.0]
     assert vs_pytorch.quartiles(ratios) == (2.0, 4.0)
     assert vs_pytorch.quartiles([1.5]) == (1.5, 1.5)
+
+
+def test_ynnpack_benchmark_compiles_one_computation_two_ways():
+    """Its two steps differ in kernels, not in what they compute: same loss, same update."""
+    import numpy as np
+
+    from benchmarks import ynnpack
+    from experiments import critical_data_size
+
+    bench = ynnpack.sweep_base_bench()
+    assert bench.cfg.d_model == critical_data_size.get_config().base.model.d_model
+    _, steps = ynnpack.both_steps(bench, 8)
+    (state_off, metrics_off), (state_on, metrics_on) = (
+        step(state, batch) for step, state, batch in (steps[False], steps[True]))
+    np.testing.assert_allclose(metrics_off["batch_loss"], metrics_on["batch_loss"], rtol=1e-5)
+    for off, on in zip(jax.tree.leaves(state_off.params), jax.tree.leaves(state_on.params)):
+        np.testing.assert_allclose(off, on, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,81 @@
+"""A model's train step with and without YNNPACK's CPU fusions, compiled side by side.
+
+`xla_cpu_ynnpack` (a config field) decides whether XLA hands a CPU step's products to YNNPACK
+or keeps its own dot kernels. This compiles the same step both ways and times them alternately
+in this one process (median of per-round ratios, with their middle half), since this VM's speed
+drifts too much between processes. `sweep_base` is `critical_data_size`'s base run;
+`--one_cpu` pins it to one CPU, as a sweep pins each of as many workers as CPUs:
+  python -m benchmarks.ynnpack
+  python -m benchmarks.ynnpack --models=sweep_base --batch_sizes=512 --one_cpu
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+
+import jax
+from absl import app, flags
+
+from benchmarks import vs_pytorch
+from benchmarks.vs_pytorch import _BATCH_SIZES, _MODELS, _ROUNDS, _SECONDS
+from experiments import critical_data_size, grokking
+from phasemix import modular, sweep, train
+
+_ONE_CPU = flags.DEFINE_bool("one_cpu", False, "Pin this process to one CPU, as a sweep "
+                             "pins each worker when there are as many workers as CPUs.")
+
+
+def sweep_base_bench() -> vs_pytorch.Bench:
+    """The model of `critical_data_size`'s base run, with the answer-token loss."""
+    base = critical_data_size.get_config().base
+    return vs_pytorch.Bench(grokking.model_config(base), "answer", modular.SEQ_LEN)
+
+
+def benches() -> dict[str, vs_pytorch.Bench]:
+    return {**vs_pytorch.BENCHES, "sweep_base": sweep_base_bench()}
+
+
+def both_steps(bench: vs_pytorch.Bench, batch_size: int) -> tuple[int, dict[bool, tuple]]:
+    """Slices, and {ynnpack: (step, state, device batch)} of one step compiled both ways."""
+    batch = vs_pytorch.make_batch(bench, batch_size)
+    micro_batches = train.auto_micro_batches(*batch["inputs"].shape, 1)
+    steps = {}
+    for ynnpack in (False, True):
+        variant = dataclasses.replace(bench, xla_cpu_ynnpack=ynnpack)
+        steps[ynnpack] = vs_pytorch.jax_step(variant, batch, micro_batches)[:3]
+    return micro_batches, steps
+
+
+def main(argv):
+    del argv
+    if _ONE_CPU.value:  # before JAX starts its CPU backend, which sizes its threads to the CPUs
+        os.sched_setaffinity(0, sweep.worker_cpus(len(os.sched_getaffinity(0)))[0])
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+          f"{len(os.sched_getaffinity(0))} CPU(s)")
+    print(f"{'model':<10} {'batch':>5} {'slices':>6} {'off steps/s':>12} {'on steps/s':>11} "
+          f"{'off/on':>7} {'middle half':>11}")
+    all_benches = benches()
+    for name in _MODELS.value:
+        for batch_size in map(int, _BATCH_SIZES.value):
+            micro_batches, steps = both_steps(all_benches[name], batch_size)
+            runners = {ynnpack: vs_pytorch.jax_runner(*s) for ynnpack, s in steps.items()}
+            for run in runners.values():
+                run(2)
+            rates = {ynnpack: [] for ynnpack in runners}
+            for _ in range(_ROUNDS.value):
+                for ynnpack, run in runners.items():
+                    rates[ynnpack].append(vs_pytorch.steps_per_second(run, _SECONDS.value)[0])
+            ratios = vs_pytorch.round_ratios(rates[False], rates[True])
+            low, high = vs_pytorch.quartiles(ratios)
+            print(f"{name:<10} {batch_size:>5} {micro_batches:>6} "
+                  f"{statistics.median(rates[False]):>12.1f} {statistics.median(rates[True]):>11.1f} "
+                  f"{statistics.median(ratios):>6.2f}x {f'{low:.2f}-{high:.2f}':>11}", flush=True)
+
+
+if __name__ == "__main__":
+    flags.FLAGS.set_default("models", ["grokking", "sweep_base", "small_lm"])
+    flags.FLAGS.set_default("rounds", 9)
+    flags.FLAGS.set_default("seconds", 1.5)
+    app.run(main)
