@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import statistics
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -228,14 +229,9 @@ def main(argv):
                     t_step()
 
             contestants["torch"] = run_torch
-            for run in contestants.values():
-                run(2)
-            rates = {key: [] for key in contestants}
             peaks = []
-            for _ in range(_ROUNDS.value):
-                for key, run in contestants.items():
-                    rates[key].append(steps_per_second(run, _SECONDS.value)[0])
-                peaks.append(time_matmul(1024))
+            rates = alternated_rates(contestants, _ROUNDS.value, _SECONDS.value,
+                                     after_round=lambda: peaks.append(time_matmul(1024)))
 
             def ratio(key):  # median over rounds of the per-round ratio
                 return statistics.median(round_ratios(rates[key], rates["torch"]))
@@ -243,12 +239,27 @@ def main(argv):
             jax_rate, torch_rate = statistics.median(rates["jax"]), statistics.median(rates["torch"])
             peak = statistics.median(peaks)
             single = f"{ratio('jax_1'):>13.2f}x" if "jax_1" in rates else f"{'-':>14}"
-            low, high = quartiles(round_ratios(rates["jax"], rates["torch"]))
+            jax_ratios = round_ratios(rates["jax"], rates["torch"])
+            low, high = quartiles(jax_ratios)
             print(f"{name:<10} {batch_size:>5} {jax_params:>9,} {micro_batches:>6} "
-                  f"{jax_rate:>12.1f} {torch_rate:>14.1f} {ratio('jax'):>9.2f}x "
+                  f"{jax_rate:>12.1f} {torch_rate:>14.1f} {statistics.median(jax_ratios):>9.2f}x "
                   f"{f'{low:.2f}-{high:.2f}':>11} "
                   f"{jax_rate * jax_matmul / peak:>11.0%} {torch_rate * jax_matmul / peak:>13.0%} "
                   f"{single}", flush=True)
+
+
+def alternated_rates(runners: dict[Any, Callable[[int], None]], rounds: int, seconds: float,
+                     after_round: Callable[[], Any] = lambda: None) -> dict[Any, list[float]]:
+    """Steps/second of each runner (`run(n)` runs n steps) per round, the runners taking turns
+    within each round, after two warm-up steps each."""
+    for run in runners.values():
+        run(2)
+    rates = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            rates[key].append(steps_per_second(run, seconds)[0])
+        after_round()
+    return rates
 
 
 def round_ratios(rates: list[float], baseline_rates: list[float]) -> list[float]:

@@ -4,7 +4,7 @@
 or keeps its own dot kernels. This compiles the same step both ways and times them alternately
 in this one process (median of per-round ratios, with their middle half), since this VM's speed
 drifts too much between processes. `sweep_base` is `critical_data_size`'s base run;
-`--one_cpu` pins it to one CPU, as a sweep pins each of as many workers as CPUs:
+`--one_cpu` pins it to one CPU (Linux), as a sweep pins each of as many workers as CPUs:
   python -m benchmarks.ynnpack
   python -m benchmarks.ynnpack --models=sweep_base --batch_sizes=512 --one_cpu
 """
@@ -21,7 +21,7 @@ from absl import app, flags
 from benchmarks import vs_pytorch
 from benchmarks.vs_pytorch import _BATCH_SIZES, _MODELS, _ROUNDS, _SECONDS
 from experiments import critical_data_size, grokking
-from phasemix import modular, sweep, train
+from phasemix import modular, train
 
 _ONE_CPU = flags.DEFINE_bool("one_cpu", False, "Pin this process to one CPU, as a sweep "
                              "pins each worker when there are as many workers as CPUs.")
@@ -51,9 +51,11 @@ def both_steps(bench: vs_pytorch.Bench, batch_size: int) -> tuple[int, dict[bool
 def main(argv):
     del argv
     if _ONE_CPU.value:  # before JAX starts its CPU backend, which sizes its threads to the CPUs
-        os.sched_setaffinity(0, sweep.worker_cpus(len(os.sched_getaffinity(0)))[0])
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"{len(os.sched_getaffinity(0))} CPU(s)")
+        if not hasattr(os, "sched_setaffinity"):
+            raise app.UsageError("--one_cpu needs Linux (os.sched_setaffinity)")
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {cpus} CPU(s)")
     print(f"{'model':<10} {'batch':>5} {'slices':>6} {'off steps/s':>12} {'on steps/s':>11} "
           f"{'off/on':>7} {'middle half':>11}")
     all_benches = benches()
@@ -61,12 +63,7 @@ def main(argv):
         for batch_size in map(int, _BATCH_SIZES.value):
             micro_batches, steps = both_steps(all_benches[name], batch_size)
             runners = {ynnpack: vs_pytorch.jax_runner(*s) for ynnpack, s in steps.items()}
-            for run in runners.values():
-                run(2)
-            rates = {ynnpack: [] for ynnpack in runners}
-            for _ in range(_ROUNDS.value):
-                for ynnpack, run in runners.items():
-                    rates[ynnpack].append(vs_pytorch.steps_per_second(run, _SECONDS.value)[0])
+            rates = vs_pytorch.alternated_rates(runners, _ROUNDS.value, _SECONDS.value)
             ratios = vs_pytorch.round_ratios(rates[False], rates[True])
             low, high = vs_pytorch.quartiles(ratios)
             print(f"{name:<10} {batch_size:>5} {micro_batches:>6} "

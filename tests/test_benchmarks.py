@@ -1,5 +1,7 @@
 """The benchmarks' FLOP count: the figure the speed claims divide by."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 
@@ -56,3 +58,24 @@ def test_ynnpack_benchmark_compiles_one_computation_two_ways():
     np.testing.assert_allclose(metrics_off["batch_loss"], metrics_on["batch_loss"], rtol=1e-5)
     for off, on in zip(jax.tree.leaves(state_off.params), jax.tree.leaves(state_on.params)):
         np.testing.assert_allclose(off, on, rtol=1e-4, atol=1e-6)
+
+
+
+def test_runners_take_turns_within_each_round():
+    from benchmarks import vs_pytorch
+
+    calls, round_ends = [], []
+
+    def runner(key):
+        def run(n):
+            calls.append(key)
+            time.sleep(1e-5 * n)  # a step takes 10 us
+        return run
+
+    rates = vs_pytorch.alternated_rates({"a": runner("a"), "b": runner("b")}, 3, 2e-3,
+                                        after_round=lambda: round_ends.append(len(calls)))
+    assert calls[:2] == ["a", "b"]  # one warm-up call each
+    assert len(rates["a"]) == len(rates["b"]) == 3 and len(round_ends) == 3
+    for start, end in zip([2, *round_ends[:-1]], round_ends):  # a's turn, then b's, per round
+        keys = calls[start:end]
+        assert keys == sorted(keys) and set(keys) == {"a", "b"}
