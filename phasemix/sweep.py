@@ -346,10 +346,13 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     _check_writable(sweep_dir)
 
     results: dict[str, tuple[dict[str, Any], float | None]] = {}
+    # This process's own runs are recorded when their workers report them, not when their
+    # summaries appear on disk: else a run would be counted twice in the progress line.
+    own: set[str] = set()
 
     def collect_finished() -> None:  # including those other shards finished meanwhile
         for name, _, config in runs:
-            if name not in results:
+            if name not in results and name not in own:
                 found = _finished(sweep_dir / RUNS_DIR / name, config)
                 if found is not None:
                     results[name] = found
@@ -357,6 +360,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     collect_finished()
     todo = [(name, config) for position, (name, _, config) in enumerate(runs)
             if name not in results and (shard is None or shard.owns(position))]
+    own.update(name for name, _ in todo)
     mode = "vmapped seed groups" if group_fn else f"{workers} worker(s)"
     part = "" if shard is None else f" in shard {shard}"
     _say(f"sweep {sweep_dir}: {len(runs)} runs, {len(results)} already finished, "
