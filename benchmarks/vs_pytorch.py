@@ -8,6 +8,11 @@ over rounds, so a change in machine speed hits both sides alike. Needs the `benc
   pip install -e '.[bench]'
   python -m benchmarks.vs_pytorch
   python -m benchmarks.vs_pytorch --models=small_lm --batch_sizes=64,512 --rounds=7
+  python -m benchmarks.vs_pytorch --models=knowledge_base --batch_sizes=32
+
+Besides the three models of the performance issue, `sweep_base` is `critical_data_size`'s base
+run and `knowledge_base` the default `knowledge_mixing` run's model (tiny-64, seq 64, its
+vocabulary size).
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.common import matmul_flops, time_matmul
-from phasemix import compilation, losses, model as model_lib, optimizer as optimizer_lib
+from experiments import critical_data_size, grokking, knowledge_mixing
+from phasemix import compilation, losses, model as model_lib, modular, optimizer as optimizer_lib
 from phasemix import params as params_lib, train
 
-_MODELS = flags.DEFINE_list("models", ["grokking", "small_lm", "sentiment"], "Models to time.")
+_MODELS = flags.DEFINE_list("models", ["grokking", "small_lm", "sentiment"], "Models to time "
+                            "(also sweep_base, knowledge_base).")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "512"], "Batch sizes.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating rounds; the median is reported.")
 _SECONDS = flags.DEFINE_float("seconds", 2.0, "Approximate seconds per side per round.")
@@ -60,6 +67,24 @@ BENCHES = {
                                                    num_classes=2, pooling="mean"),
                        "classify", 256),
 }
+
+
+def sweep_base_bench() -> Bench:
+    """The model of `critical_data_size`'s base run, with the answer-token loss."""
+    base = critical_data_size.get_config().base
+    return Bench(grokking.model_config(base), "answer", modular.SEQ_LEN)
+
+
+def knowledge_base_bench() -> Bench:
+    """The model of the default `knowledge_mixing` run (every token's loss)."""
+    config = knowledge_mixing.get_config()
+    return Bench(knowledge_mixing.model_config(config, config.vocab_size), "lm", config.seq_len)
+
+
+def benches() -> dict[str, Bench]:
+    """The issue's three models and two experiments' own (not run by default)."""
+    return {**BENCHES, "sweep_base": sweep_base_bench(),
+            "knowledge_base": knowledge_base_bench()}
 
 
 def make_batch(bench: Bench, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -206,7 +231,7 @@ def main(argv):
           "products' FLOPs per step x steps/s, as a fraction of a 1024^3 matmul timed in the "
           "same rounds)")
     for name in _MODELS.value:
-        bench = BENCHES[name]
+        bench = benches()[name]
         for batch_size in map(int, _BATCH_SIZES.value):
             batch = make_batch(bench, batch_size)
             micro_batches = (_MICRO_BATCHES.value

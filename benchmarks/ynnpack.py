@@ -3,10 +3,12 @@
 `xla_cpu_ynnpack` (a config field) decides whether XLA hands a CPU step's products to YNNPACK
 or keeps its own dot kernels. This compiles the same step both ways and times them alternately
 in this one process (median of per-round ratios, with their middle half), since this VM's speed
-drifts too much between processes. `sweep_base` is `critical_data_size`'s base run;
-`--one_cpu` pins it to one CPU (Linux), as a sweep pins each of as many workers as CPUs:
+drifts too much between processes. Models as in `vs_pytorch` (`sweep_base`: critical_data_size's
+base run, `knowledge_base`: the default knowledge_mixing run's, batch 32); `--one_cpu` pins to
+one CPU (Linux), as a sweep pins each of as many workers as CPUs:
   python -m benchmarks.ynnpack
   python -m benchmarks.ynnpack --models=sweep_base --batch_sizes=512 --one_cpu
+  python -m benchmarks.ynnpack --models=knowledge_base --batch_sizes=32 --one_cpu
 """
 
 from __future__ import annotations
@@ -20,21 +22,10 @@ from absl import app, flags
 
 from benchmarks import vs_pytorch
 from benchmarks.vs_pytorch import _BATCH_SIZES, _MODELS, _ROUNDS, _SECONDS
-from experiments import critical_data_size, grokking
-from phasemix import modular, train
+from phasemix import train
 
 _ONE_CPU = flags.DEFINE_bool("one_cpu", False, "Pin this process to one CPU, as a sweep "
                              "pins each worker when there are as many workers as CPUs.")
-
-
-def sweep_base_bench() -> vs_pytorch.Bench:
-    """The model of `critical_data_size`'s base run, with the answer-token loss."""
-    base = critical_data_size.get_config().base
-    return vs_pytorch.Bench(grokking.model_config(base), "answer", modular.SEQ_LEN)
-
-
-def benches() -> dict[str, vs_pytorch.Bench]:
-    return {**vs_pytorch.BENCHES, "sweep_base": sweep_base_bench()}
 
 
 def both_steps(bench: vs_pytorch.Bench, batch_size: int) -> tuple[int, dict[bool, tuple]]:
@@ -58,7 +49,7 @@ def main(argv):
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {cpus} CPU(s)")
     print(f"{'model':<10} {'batch':>5} {'slices':>6} {'off steps/s':>12} {'on steps/s':>11} "
           f"{'off/on':>7} {'middle half':>11}")
-    all_benches = benches()
+    all_benches = vs_pytorch.benches()
     for name in _MODELS.value:
         for batch_size in map(int, _BATCH_SIZES.value):
             micro_batches, steps = both_steps(all_benches[name], batch_size)

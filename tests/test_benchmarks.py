@@ -47,10 +47,10 @@ def test_ynnpack_benchmark_compiles_one_computation_two_ways():
     """Its two steps differ in kernels, not in what they compute: same loss, same update."""
     import numpy as np
 
-    from benchmarks import ynnpack
+    from benchmarks import vs_pytorch, ynnpack
     from experiments import critical_data_size
 
-    bench = ynnpack.sweep_base_bench()
+    bench = vs_pytorch.sweep_base_bench()
     assert bench.cfg.d_model == critical_data_size.get_config().base.model.d_model
     _, steps = ynnpack.both_steps(bench, 8)
     (state_off, metrics_off), (state_on, metrics_on) = (
