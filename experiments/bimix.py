@@ -114,7 +114,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     run on 2 workers plus the fits (README: what it found).
     """
     if variant not in ("", "smoke"):
-        validation.fail("config", f"unknown variant {variant!r}; use '' or 'smoke'")
+        validation.fail_flag("config", f"unknown variant {variant!r} (after the ':'); use '' or 'smoke'")
     smoke = variant == "smoke"
     config = ml_collections.ConfigDict()
     config.experiment = "bimix"

@@ -114,7 +114,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
             config.train_fractions = (0.5, 1.0)
             config.seeds = (0,)
     elif variant:
-        validation.fail("config", f"unknown variant {variant!r}; use '', 'model', 'smoke', "
+        validation.fail_flag("config", f"unknown variant {variant!r} (after the ':'); use '', 'model', 'smoke', "
                         "'model_smoke', 'sentiment', 'sentiment_model' or 'sentiment_smoke'")
     return config
 

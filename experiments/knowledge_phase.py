@@ -57,7 +57,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     if mode == "smoke":
         mode, smoke = "ratio", "smoke"
     if mode not in MODES or smoke not in ("", "smoke"):
-        validation.fail("config", f"unknown variant {variant!r}; use one of {list(MODES)}, "
+        validation.fail_flag("config", f"unknown variant {variant!r} (after the ':'); use one of {list(MODES)}, "
                         "each optionally with '_smoke', or 'smoke'")
     config = ml_collections.ConfigDict()
     config.experiment = "knowledge_phase"

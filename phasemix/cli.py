@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
+import re
 import sys
 from typing import Any, Callable
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -67,13 +69,42 @@ def _start_distributed() -> None:
         logging.set_verbosity(logging.WARNING)  # process 0 reports progress for the job
 
 
+def _exit_on_config_error(error: Exception) -> None:
+    """Exits with one line naming the flag for a bad --config (a config file's unknown variant,
+    an override of a field the config lacks), where absl and ml_collections print a traceback."""
+    if isinstance(error, flags.Error):
+        text = str(error)
+        if "ConfigError: " in text:  # raised by get_config; ml_collections quotes its traceback
+            sys.exit(f"error: {text.rsplit('ConfigError: ', 1)[1].strip()}")
+        sys.exit(f"error: {text}\nPass --helpshort or --helpfull to see help on flags.")
+    if isinstance(error, (AttributeError, KeyError)):  # ml_collections: no such field
+        text = str(error)
+        field = re.search(r"'([^'\\]+)\\?'", text)
+        suggestion = re.search(r'Did you mean "([^"]+)"', text)
+        sys.exit(f"error: a --config.<field> flag names a field the config does not have"
+                 f"{f': {field[1]!r}' if field else ''}"
+                 f"{f' (did you mean {suggestion[1]!r}?)' if suggestion else ''}")
+    raise error
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError) as e:
+        _exit_on_config_error(e)
+        raise
+
+
 def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False) -> None:
     """Defines --config (path[:variant]) and --workdir, then runs `run(config, workdir)`.
 
     With `sweep`, also --shard=i/n: run only that part of the grid, as `run(..., shard=...)`.
     """
-    config_flags.DEFINE_config_file("config", default=config_file,
-                                    help_string="Config file, path[:variant].")
+    try:  # the overrides on the command line are checked here, against the default config
+        config_flags.DEFINE_config_file("config", default=config_file,
+                                        help_string="Config file, path[:variant].")
+    except (flags.Error, AttributeError, KeyError) as e:
+        _exit_on_config_error(e)
     flags.DEFINE_string("workdir", default_workdir, "Output folder; re-running resumes it.")
     flags.DEFINE_string("xla_cache", XLA_CACHE_DIR, "Folder that keeps compiled XLA programs "
                         "between runs ('' : off; JAX_COMPILATION_CACHE_DIR wins).")
@@ -86,6 +117,9 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
         del argv
         logging.get_absl_handler().addFilter(_not_orbax)
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+        if not isinstance(config, ml_collections.ConfigDict):  # a file that failed to load
+            sys.exit(f"error: --config: could not load {flags.FLAGS['config'].config_filename}"
+                     " (the part before any ':' must be a config file's path)")
         use_compilation_cache(flags.FLAGS.xla_cache)
         try:
             _start_distributed()
@@ -101,4 +135,4 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
             print(json.dumps(summary, indent=2, sort_keys=True, default=str))
             print(f"outputs in {workdir}")
 
-    app.run(_main)
+    app.run(_main, flags_parser=_parse_flags)

@@ -256,13 +256,22 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(smoke_config, tmp_path):
     assert tree_digest(tmp_path) == before
 
 
-def test_cli_reports_bad_flag_without_traceback(tmp_path):
+@pytest.mark.parametrize("flags, message", [
+    (["--config.task.op=div", "--config.task.p=12"],
+     "error: --config.task.p=12: division needs a prime modulus"),
+    (["--config=experiments/grokking.py:smok"], "error: --config: unknown variant 'smok'"),
+    (["--config.num_stpes=10"], "field the config does not have: 'num_stpes' (did you mean "
+                                "'num_steps'?)"),
+    (["--config.task.pp=3"], "field the config does not have: 'pp'"),
+    (["--config=experiments/no_such_file.py"], "error: --config: could not load"),
+], ids=["bad value", "unknown variant", "misspelt field", "missing nested field", "no file"])
+def test_cli_reports_bad_flag_in_one_line_without_traceback(tmp_path, flags, message):
+    config = [] if flags[0].startswith("--config=") else ["--config=experiments/grokking.py:smoke"]
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.grokking", "--config=experiments/grokking.py:smoke",
-         f"--workdir={tmp_path / 'w'}", "--config.task.op=div", "--config.task.p=12"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120)
+        [sys.executable, "-m", "experiments.grokking", *config, *flags,
+         f"--workdir={tmp_path / 'w'}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode != 0
-    assert "--config.task.p=12: division needs a prime modulus" in proc.stderr
+    assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "w").exists()
 
