@@ -27,16 +27,38 @@ TENSORBOARD_DIR = "tensorboard"
 PREEMPTED_EXIT_CODE = 143
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, which races with threads.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _write_atomic(path: str | os.PathLike, mode: str, write: Any) -> None:
+    """`write(file)` into a temporary file beside `path`, then renames it over `path`, with the
+    permissions a plain open() would give (tempfile's are owner-only, unreadable to the other
+    users of a shared filesystem)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
+    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.",
                                      delete=False) as tmp:
-        json.dump(obj, tmp, indent=2, sort_keys=True, default=_to_builtin)
-        tmp.write("\n")
+        write(tmp)
         tmp.flush()
         os.fsync(tmp.fileno())
+    os.chmod(tmp.name, _FILE_MODE)
     os.replace(tmp.name, path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """`obj` as JSON, NaN and infinities as null (strict JSON readers reject them)."""
+    def write(f):
+        json.dump(nan_to_none(obj), f, indent=2, sort_keys=True, allow_nan=False)
+        f.write("\n")
+
+    _write_atomic(path, "w", write)
 
 
 SNAPSHOT_DIR = "snapshots"
@@ -44,23 +66,7 @@ SNAPSHOT_DIR = "snapshots"
 
 def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
     """Saves arrays to `path` (.npz) through a temporary file, so a kill leaves no torn file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.",
-                                     delete=False) as tmp:
-        np.savez(tmp, **arrays)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
-
-
-def read_snapshots(workdir: str | os.PathLike) -> dict[int, dict[str, np.ndarray]]:
-    """step -> arrays, from the `snapshots/<step>.npz` files a run wrote at its evaluations."""
-    out = {}
-    for file in pathlib.Path(workdir, SNAPSHOT_DIR).glob("*.npz"):
-        with np.load(file) as data:
-            out[int(file.stem)] = {k: data[k] for k in data.files}
-    return dict(sorted(out.items()))
+    _write_atomic(path, "wb", lambda f: np.savez(f, **arrays))
 
 
 def _to_builtin(value: Any) -> Any:
@@ -181,12 +187,8 @@ class MetricsWriter:
         kept = [r for r in read_metrics(self._workdir) if r["step"] <= resume_step]
         self._rewrite(kept)
         self._file = open(self._path, "a")
-        self._tb = None
-        if tensorboard:
-            from tensorboardX import SummaryWriter  # no TensorFlow needed
-
-            self._tb = SummaryWriter(str(self._workdir / TENSORBOARD_DIR),
-                                     purge_step=resume_step + 1 if resume_step else None)
+        self._tensorboard, self._resume_step = tensorboard, resume_step
+        self._tb = None  # opened at the first row: a finished run's rerun adds no events file
 
     def _rewrite(self, rows: Iterable[dict[str, Any]]) -> None:
         tmp = self._path.with_suffix(".jsonl.tmp")
@@ -198,6 +200,11 @@ class MetricsWriter:
     def write(self, row: dict[str, Any]) -> None:
         self._file.write(json.dumps(row, default=_to_builtin, sort_keys=True) + "\n")
         self._file.flush()
+        if self._tensorboard and self._tb is None:
+            from tensorboardX import SummaryWriter  # no TensorFlow needed
+
+            self._tb = SummaryWriter(str(self._workdir / TENSORBOARD_DIR), purge_step=(
+                self._resume_step + 1 if self._resume_step else None))
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -210,11 +217,14 @@ class MetricsWriter:
 
 
 def nan_to_none(value: Any) -> Any:
-    """NaNs (in nested dicts and lists too) as None: JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
+    """NaNs and infinities as None, numpy and JAX values as Python ones, in nested dicts, lists
+    and tuples too: JSON has no NaN."""
+    if hasattr(value, "tolist"):  # numpy / jax scalars and arrays
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [nan_to_none(v) for v in value]
     return value

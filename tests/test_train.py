@@ -174,6 +174,28 @@ def test_run_writes_the_output_contract_and_loss_falls(smoke_config, tmp_path):
     assert {"weight_norm", "weight_norm/embed", "weight_norm/block_0"} <= set(rows[-1])
     assert run_io.read_json(tmp_path / "summary.json") == json.loads(json.dumps(summary))
     assert summary["final_train_accuracy"] == rows[-1]["train_accuracy"]
+    # Readable by whoever the umask lets read (a shared filesystem's other users), like any file.
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "summary.json", "metrics.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    events = sorted((tmp_path / "tensorboard").iterdir())
+    grokking.run(smoke_config, str(tmp_path))  # finished: trains nothing, adds no events file
+    assert sorted((tmp_path / "tensorboard").iterdir()) == events
+
+
+def test_json_outputs_are_strict_json(tmp_path):
+    """NaN and infinities (a seed spread with no seeds, a diverged loss) are written as null."""
+    run_io.write_json_atomic(tmp_path / "s.json", {
+        "spread": float("nan"), "factor": float("inf"), "np": np.float32("nan"),
+        "arr": np.array([1.0, np.nan]), "pair": (2, -float("inf")), "ok": 0.5})
+
+    def reject(constant):
+        raise ValueError(constant)
+
+    loaded = json.loads((tmp_path / "s.json").read_text(), parse_constant=reject)
+    assert loaded == {"spread": None, "factor": None, "np": None, "arr": [1.0, None],
+                      "pair": [2, None], "ok": 0.5}
 
 
 def test_tiny_modulus_groks(tmp_path):
