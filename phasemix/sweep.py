@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -257,6 +258,7 @@ def _run_in_workers(todo: list[tuple[str, ml_collections.ConfigDict]], run_fn: R
     context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
     started: list[tuple[multiprocessing.connection.Connection, Any]] = []
     finished = False
+    previous_handler = _stop_on_sigterm()
     try:
         for cpus in worker_cpus(min(workers, len(todo))):
             ours, theirs = context.Pipe()
@@ -292,6 +294,24 @@ def _run_in_workers(todo: list[tuple[str, ml_collections.ConfigDict]], run_fn: R
                 process.terminate()
         for _, process in started:
             process.join()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _stop_on_sigterm() -> Any:
+    """Makes SIGTERM to the sweep's process (a scheduler's, or a Ctrl-C'd terminal's kill) stop
+    the sweep as a failed run does: its workers get SIGTERM and the sweep waits while they
+    checkpoint, then exits with the preempted code; without this it died at once, before the
+    workers had saved. Returns the previous handler (None off the main thread: not set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the wait
+        _say("SIGTERM: the workers are saving their runs; rerun the same command to resume")
+        raise SystemExit(run_io.PREEMPTED_EXIT_CODE)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _worker_died(name: str, exit_code: int | None) -> BaseException:

@@ -74,10 +74,27 @@ def stopping_run(config, workdir):
     time.sleep(600)
 
 
+def saving_run(config, workdir):
+    """Waits; on SIGTERM takes 1 s to save, as a checkpointing run does, then exits 143."""
+    import signal
+    import time
+
+    folder = pathlib.Path(workdir).parent.parent
+
+    def save_and_exit(signum, frame):
+        time.sleep(1)
+        (folder / f"saved_{config.seed}").write_text("")
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, save_and_exit)
+    (folder / f"pid_{config.seed}").write_text(str(os.getpid()))
+    time.sleep(600)
+
+
 def test_workers_exit_when_their_run_is_preempted_or_the_sweep_dies(tmp_path):
     """A preempted run ends its worker and the sweep (no next run in that process; rerun to
-    resume), and SIGKILL of the sweep's process makes its workers exit instead of training
-    on as orphans."""
+    resume); SIGKILL of the sweep's process makes its workers exit instead of training on as
+    orphans; SIGTERM to it stops the workers and waits while they save."""
     import os
     import signal
     import subprocess
@@ -86,11 +103,11 @@ def test_workers_exit_when_their_run_is_preempted_or_the_sweep_dies(tmp_path):
 
     from conftest import ROOT
 
-    def start(folder, seeds):
-        code = ("import sys; sys.path.insert(0, 'tests'); from test_sweep import stopping_run;"
+    def start(folder, seeds, run="stopping_run"):
+        code = (f"import sys; sys.path.insert(0, 'tests'); from test_sweep import {run};"
                 "from experiments import grokking; from phasemix import sweep;"
                 f"sweep.run_sweep(grokking.get_config('smoke'), sweep.grid({{'seed': {seeds}}}),"
-                f" {str(folder)!r}, stopping_run, workers=2)")
+                f" {str(folder)!r}, {run}, workers=2)")
         return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -111,8 +128,9 @@ def test_workers_exit_when_their_run_is_preempted_or_the_sweep_dies(tmp_path):
         except FileNotFoundError:  # reaped in between
             return False
 
-    preempted, killed = tmp_path / "preempted", tmp_path / "killed"
-    procs = [start(preempted, [0, 2]), start(killed, [1, 2])]
+    preempted, killed, terminated = (tmp_path / n for n in ("preempted", "killed", "terminated"))
+    procs = [start(preempted, [0, 2]), start(killed, [1, 2]),
+             start(terminated, [1, 2], run="saving_run")]
     try:
         assert procs[0].wait(timeout=180) != 0  # the pool broke: the sweep stopped
         pids = [(preempted / f"pid_{seed}") for seed in (0, 2)]
@@ -122,6 +140,10 @@ def test_workers_exit_when_their_run_is_preempted_or_the_sweep_dies(tmp_path):
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait()
         wait_for(lambda: not any(alive(int(p.read_text())) for p in waiting), timeout=30)
+        wait_for(lambda: all((terminated / f"pid_{s}").exists() for s in (1, 2)), timeout=180)
+        procs[2].send_signal(signal.SIGTERM)
+        assert procs[2].wait(timeout=60) == 143
+        assert all((terminated / f"saved_{s}").exists() for s in (1, 2))  # waited for both
     finally:
         for proc in procs:
             proc.kill()
