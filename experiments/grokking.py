@@ -101,8 +101,8 @@ def model_config(config: ml_collections.ConfigDict) -> model_lib.TransformerConf
 
 
 def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.Task:
-    """Validates the task, builds the split, the batches and the model hyper-parameters."""
-    modular.validate(config.task)
+    """Validates the config, builds the split, the batches and the model hyper-parameters."""
+    validate(config, num_devices)
     train_set, test_set = modular.split(config.task, config.seed)
     num_train = len(train_set["inputs"])
     batch_size = min(config.batch_size, num_train)

@@ -43,13 +43,14 @@ def validate(task: ml_collections.ConfigDict) -> None:
                            "division needs a prime modulus (every b != 0 must be invertible)",
                            task.p)
     total = num_pairs(task.op, task.p)
+    # Checked even where train_count overrides it, so that a mistyped value never passes.
+    validation.require(0 < task.train_fraction < 1, "task.train_fraction", "must be in (0, 1)",
+                       task.train_fraction)
     if task.train_count is not None:
         validation.require(1 <= task.train_count < total, "task.train_count",
                            f"must be in [1, {total - 1}] (there are {total} pairs; the rest "
                            "is the test set)", task.train_count)
     else:
-        validation.require(0 < task.train_fraction < 1, "task.train_fraction",
-                           "must be in (0, 1)", task.train_fraction)
         validation.require(int(task.train_fraction * total) >= 1, "task.train_fraction",
                            f"leaves no training pair out of {total}", task.train_fraction)
 

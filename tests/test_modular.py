@@ -53,6 +53,7 @@ def test_splits_nest_and_partition():
     ({"train_count": 97 * 97}, "task.train_count"),
     ({"train_fraction": 1.5}, "task.train_fraction"),
     ({"train_fraction": 0.0}, "task.train_fraction"),
+    ({"train_fraction": 1.5, "train_count": 100}, "task.train_fraction"),  # unused, still checked
 ])
 def test_bad_task_names_the_flag(overrides, flag):
     config = grokking.get_config()

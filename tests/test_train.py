@@ -286,7 +286,9 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(smoke_config, tmp_path):
                                 "'num_steps'?)"),
     (["--config.task.pp=3"], "field the config does not have: 'pp'"),
     (["--config=experiments/no_such_file.py"], "error: --config: could not load"),
-], ids=["bad value", "unknown variant", "misspelt field", "missing nested field", "no file"])
+    (["--config.batch_size=0"], "error: --config.batch_size=0: must be positive"),
+], ids=["bad value", "unknown variant", "misspelt field", "missing nested field", "no file",
+        "zero batch"])
 def test_cli_reports_bad_flag_in_one_line_without_traceback(tmp_path, flags, message):
     config = [] if flags[0].startswith("--config=") else ["--config=experiments/grokking.py:smoke"]
     proc = subprocess.run(
