@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 from typing import Any
 
 import grain
@@ -48,9 +49,10 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract_state)))
             data_iterator.set_state(self._data_state(step))
         except Exception as e:  # orbax raises many types for damaged files
+            _ignore_closed_loop_errors()
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} is corrupt or incompatible with this "
-                f"config ({type(e).__name__}: {str(e)[:300]}). Nothing was overwritten: move "
+                f"config ({type(e).__name__}: {_gist(e)}). Nothing was overwritten: move "
                 "that folder away to resume from an earlier checkpoint, or use a new --workdir."
             ) from e
         return restored.state
@@ -78,7 +80,7 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract_state)))
         except Exception as e:
             raise CheckpointError(f"checkpoint {self.directory / str(step)} could not be read "
-                                  f"({type(e).__name__}: {str(e)[:300]})") from e
+                                  f"({type(e).__name__}: {_gist(e)})") from e
         return restored.state
 
     def wait(self) -> None:
@@ -86,3 +88,26 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _gist(error: BaseException) -> str:
+    """The first line of an orbax error and of its cause, without the TensorStore spec."""
+    lines = []
+    while error is not None and len(lines) < 2:
+        text = str(error).split(" See full TensorStore details")[0].strip()
+        lines.append(text.splitlines()[0][:200] if text else type(error).__name__)
+        error = error.__cause__
+    return ", caused by: ".join(lines)
+
+
+def _ignore_closed_loop_errors() -> None:
+    """After a failed restore, TensorStore's reads still in flight call back into orbax's
+    closed event loop and print a traceback each ("Event loop is closed"); the error itself is
+    already being reported, so those alone are dropped."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+            previous(kind, value, tb)
+
+    sys.excepthook = hook

@@ -273,9 +273,28 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(smoke_config, tmp_path):
         if f.is_file():
             f.write_bytes(b"\x00garbage")
     before = tree_digest(tmp_path)
-    with pytest.raises(checkpointing.CheckpointError, match="checkpoints/40 is corrupt"):
+    with pytest.raises(checkpointing.CheckpointError, match="checkpoints/40 is corrupt") as raised:
         grokking.run(smoke_config, str(tmp_path))
     assert tree_digest(tmp_path) == before
+    assert "\n" not in str(raised.value)
+
+
+def test_checkpoint_errors_keep_the_gist_of_orbax_errors():
+    """Orbax appends a TensorStore spec of ~60 lines to a failed read and hides the reason in
+    its cause; the message keeps the first line of both."""
+    try:
+        try:
+            raise ValueError('OUT_OF_RANGE: Error reading "params.head/0.0": Requested byte '
+                             'range [0, 2788) is not valid for value of size 0')
+        except ValueError as cause:
+            raise Exception("Encountered error while reading array index: (slice(0, 32, 1),). "
+                            "See full TensorStore details: <bound method spec of TensorStore({"
+                            "\n  'base': {\n    'driver': 'zarr',\n})>.") from cause
+    except Exception as error:
+        gist = checkpointing._gist(error)
+    assert gist == ("Encountered error while reading array index: (slice(0, 32, 1),)., caused "
+                    'by: OUT_OF_RANGE: Error reading "params.head/0.0": Requested byte range '
+                    "[0, 2788) is not valid for value of size 0")
 
 
 @pytest.mark.parametrize("flags, message", [
