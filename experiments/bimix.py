@@ -20,7 +20,8 @@ Every run is a sweep run in <workdir>/runs/; results.csv has them all. Re-runnin
 runs only what is missing.
 
 Overrides: --config.num_proxies=16 --config.seeds='(0,1,2)' --config.base.num_steps=2000
---config.base.domains.names='("reviews","code")' --config.laws='("bimix","ye","linear","step_only")'
+--config.base.domains.names='("reviews","code")' --config.base.mixture='(0.5,0.5)' (one share
+per domain) --config.laws='("bimix","ye","linear","step_only")'
 --config.extra_mixtures='((0.4,0.3,0.2,0.1),)' (compared too) --config.workers=1.
 
 The default takes 26 minutes on a 2-core CPU (measured; see get_config).
@@ -43,7 +44,8 @@ import numpy as np
 
 from experiments import knowledge_mixing
 from phasemix import cli, domains, entropy_mix, losses, mixture, optimizer
-from phasemix import presets, run_io, sweep, tokenizer, train, transitions, validation
+from phasemix import plotting, presets, run_io, sweep, tokenizer, train, transitions
+from phasemix import validation
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "bimix")
 MIX_TOL = 1e-6  # a mixture's shares must sum to 1 within this
@@ -287,7 +289,23 @@ def run_mixture(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     """Trains one mixture run (the sweep's run function)."""
     import jax
 
-    return train.train_and_evaluate(config, workdir, make_task(config, jax.device_count()))
+    summary = train.train_and_evaluate(config, workdir, make_task(config, jax.device_count()))
+    _plot_run(config, workdir)
+    return summary
+
+
+def _plot_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """curves.png: each domain's validation loss through training (what the laws model)."""
+    rows = run_io.read_metrics(workdir)
+    shares = dict(zip(config.domains.names, config.mixture))
+    curves = {}
+    for key in sorted(k for k in rows[0] if k.startswith("valid_") and k.endswith("_loss")):
+        name = key[len("valid_"):-len("_loss")]
+        label = f"{name} ({shares[name]:g})" if name in shares else name
+        curves[label] = [{"step": r["step"], "loss": r[key]} for r in rows if key in r]
+    plotting.curves_by_group(curves, "loss", pathlib.Path(workdir) / "curves.png",
+                             "Validation loss per domain", "domain (mixture share)",
+                             "validation loss", log_y=True)
 
 
 # --- Mixtures ---------------------------------------------------------------------------------

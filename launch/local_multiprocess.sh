@@ -10,7 +10,7 @@
 # status, so nothing is left waiting on a dead peer. Re-running the same command resumes.
 #
 # Environment (all optional):
-#   PYTHON      the interpreter (default: python3)
+#   PYTHON      the interpreter (default: the checkout's .venv/bin/python if there, else python3)
 #   PORT        the coordinator's port on localhost (default: a free one)
 #   LOG_DIR     where processes 1..N-1 log (default: a new temporary folder)
 #   JAX_PLATFORMS  default cpu, so a machine with a GPU still tests the CPU path
@@ -25,7 +25,12 @@ num_processes=$1
 module=$2
 shift 2
 
-python=${PYTHON:-python3}
+root=$(cd "$(dirname "$0")/.." && pwd)
+default_python=python3
+if [[ -x $root/.venv/bin/python ]]; then  # the README's install, used without activating it
+  default_python=$root/.venv/bin/python
+fi
+python=${PYTHON:-$default_python}
 port=${PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 log_dir=${LOG_DIR:-$(mktemp -d -t phasemix_local.XXXXXX)}
 grace=${GRACE:-20}

@@ -82,6 +82,7 @@ def test_a_run_trains_on_the_exact_mixture_and_scores_every_domain(tmp_path):
     assert summary["avg_valid_loss"] == pytest.approx(np.mean(
         [rows[-1]["valid_encyclopedia_loss"], rows[-1]["valid_biographies_loss"]]))
     assert summary["recompilations"] == 0
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
 
 
 # --- The study on synthetic curves (no training) ------------------------------------------------
