@@ -135,6 +135,8 @@ def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
                                          else ()):
         validation.require(len(config[field]) > 0, field, "the sweep needs at least one value",
                            config[field])
+        validation.require(len(set(config[field])) == len(config[field]), field,
+                           "repeats a value", config[field])
     size_axis = {study.size_field: sizes(config), "seed": config.seeds}
     if config.mode == "sample":
         return sweep.grid(size_axis)

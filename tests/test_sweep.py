@@ -271,3 +271,7 @@ def test_bad_mode_and_empty_axis_name_the_flag():
     config.seeds = ()
     with pytest.raises(validation.ConfigError, match="--config.seeds"):
         critical_data_size.overrides(config)
+    config = critical_data_size.get_config("smoke")
+    config.train_counts = (100, 100)
+    with pytest.raises(validation.ConfigError, match=r"--config.train_counts=\(100, 100\): repeats"):
+        critical_data_size.overrides(config)
