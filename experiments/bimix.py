@@ -497,8 +497,9 @@ def headline(comparison: list[dict]) -> dict[str, Any]:
             "minus_uniform": diff, "seed_spread": spread, "beats_uniform": diff < 0,
             "beyond_seed_spread": beyond, "paired_minus_uniform_std": c["minus_uniform_std"],
             "verdict": (f"{c['strategy']} {c['avg_valid_loss_mean']:.4f} vs uniform "
-                        f"{uniform['avg_valid_loss_mean']:.4f} ({diff:+.4f}; larger seed std "
-                        f"{spread:.4f}): {'lower' if diff < 0 else 'not lower'}"
+                        f"{uniform['avg_valid_loss_mean']:.4f} ({diff:+.4f}; "
+                        + (f"larger seed std {spread:.4f}" if spread > 0 else "no seed spread")
+                        + f"): {'lower' if diff < 0 else 'not lower'}"
                         + ("" if beyond is None else
                            ", beyond the seed spread" if beyond else ", within the seed spread"))}
     return out

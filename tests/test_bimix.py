@@ -178,6 +178,9 @@ def test_comparison_and_headline_against_uniform():
     assert head["optimized"]["beats_uniform"] and head["optimized"]["beyond_seed_spread"]
     assert head["entropy"]["beats_uniform"] and not head["entropy"]["beyond_seed_spread"]
     assert not head["natural"]["beats_uniform"]
+    one_seed = [dict(r, avg_valid_loss_std=0.0) for r in table]  # one seed: no spread to beat
+    verdict = bimix.headline(one_seed)["optimized"]
+    assert verdict["beyond_seed_spread"] is None and "no seed spread): lower" in verdict["verdict"]
 
 
 @pytest.mark.slow  # ~90 CPU-s on a loaded 2-core CPU: 9 real runs, each traced anew
