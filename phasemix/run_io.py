@@ -69,6 +69,15 @@ def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
     _write_atomic(path, "wb", lambda f: np.savez(f, **arrays))
 
 
+def read_snapshots(workdir: str | os.PathLike) -> dict[int, dict[str, np.ndarray]]:
+    """step -> arrays, from the `snapshots/<step>.npz` files a run wrote at its evaluations."""
+    out = {}
+    for file in pathlib.Path(workdir, SNAPSHOT_DIR).glob("*.npz"):
+        with np.load(file) as data:
+            out[int(file.stem)] = {k: data[k] for k in data.files}
+    return dict(sorted(out.items()))
+
+
 def _to_builtin(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy / jax scalars and arrays
         return value.tolist()
