@@ -116,7 +116,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     run on 2 workers plus the fits (README: what it found).
     """
     if variant not in ("", "smoke"):
-        validation.fail_flag("config", f"unknown variant {variant!r} (after the ':'); use '' or 'smoke'")
+        validation.unknown_variant(variant, "'' or 'smoke'")
     smoke = variant == "smoke"
     config = ml_collections.ConfigDict()
     config.experiment = "bimix"

@@ -113,7 +113,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.fit.num_starts = 4
         config.fit.max_iter = 40
     elif variant:
-        validation.fail_flag("config", f"unknown variant {variant!r} (after the ':'); use '', 'full' or 'smoke'")
+        validation.unknown_variant(variant, "'', 'full' or 'smoke'")
     return config
 
 

@@ -114,8 +114,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
             config.train_fractions = (0.5, 1.0)
             config.seeds = (0,)
     elif variant:
-        validation.fail_flag("config", f"unknown variant {variant!r} (after the ':'); use '', 'model', 'smoke', "
-                        "'model_smoke', 'sentiment', 'sentiment_model' or 'sentiment_smoke'")
+        validation.unknown_variant(variant, "'', 'model', 'smoke', 'model_smoke', 'sentiment', "
+                                   "'sentiment_model' or 'sentiment_smoke'")
     return config
 
 

@@ -71,7 +71,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.eval_batch_size = 256
         config.checkpoint_every = 20
     elif variant:
-        validation.fail_flag("config", f"unknown variant {variant!r} (after the ':'); use '' or 'smoke'")
+        validation.unknown_variant(variant, "'' or 'smoke'")
     return config
 
 

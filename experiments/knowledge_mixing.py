@@ -91,7 +91,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.checkpoint_every = 10
         config.opt.warmup_steps = 5
     elif variant:
-        validation.fail_flag("config", f"unknown variant {variant!r} (after the ':'); use '' or 'smoke'")
+        validation.unknown_variant(variant, "'' or 'smoke'")
     return config
 
 

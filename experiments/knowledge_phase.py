@@ -57,8 +57,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     if mode == "smoke":
         mode, smoke = "ratio", "smoke"
     if mode not in MODES or smoke not in ("", "smoke"):
-        validation.fail_flag("config", f"unknown variant {variant!r} (after the ':'); use one of {list(MODES)}, "
-                        "each optionally with '_smoke', or 'smoke'")
+        validation.unknown_variant(variant, f"one of {list(MODES)}, each optionally with "
+                                   "'_smoke', or 'smoke'")
     config = ml_collections.ConfigDict()
     config.experiment = "knowledge_phase"
     config.mode = mode

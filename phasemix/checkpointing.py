@@ -44,12 +44,13 @@ class Checkpointer:
         A checkpoint that fails to load raises `CheckpointError` naming its folder; nothing is
         deleted or overwritten, so the user can inspect or move it.
         """
+        _drop_closed_loop_tracebacks()
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state)))
             data_iterator.set_state(self._data_state(step))
         except Exception as e:  # orbax raises many types for damaged files
-            _ignore_closed_loop_errors()
+            _quiet_failed_restore()
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} is corrupt or incompatible with this "
                 f"config ({type(e).__name__}: {_gist(e)}). Nothing was overwritten: move "
@@ -100,14 +101,32 @@ def _gist(error: BaseException) -> str:
     return ", caused by: ".join(lines)
 
 
-def _ignore_closed_loop_errors() -> None:
-    """After a failed restore, TensorStore's reads still in flight call back into orbax's
-    closed event loop and print a traceback each ("Event loop is closed"); the error itself is
-    already being reported, so those alone are dropped."""
-    previous = sys.excepthook
+def _drop_closed_loop_tracebacks() -> None:
+    """A failed restore leaves TensorStore reads in flight that call back into orbax's closed
+    event loop, each reporting "Event loop is closed" as an unraisable exception, some before
+    the failure reaches us: so that one report, which is never ours, is dropped from the start."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop", False):
+        return
 
-    def hook(kind, value, tb):
-        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
-            previous(kind, value, tb)
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
 
-    sys.excepthook = hook
+    hook.drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+def _quiet_failed_restore() -> None:
+    """The rest of a failed restore's noise, printed as the interpreter exits ("Task exception
+    was never retrieved", "coroutine ... was never awaited"): the error itself is being
+    reported and the process is about to stop."""
+    import logging
+    import threading
+    import warnings
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
+    threading.excepthook = lambda args: None
+    warnings.simplefilter("ignore", RuntimeWarning)

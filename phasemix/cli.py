@@ -87,24 +87,11 @@ def _exit_on_config_error(error: Exception) -> None:
     raise error
 
 
-def _quiet_teardown() -> None:
-    """Silences background threads at exit after an error already reported: a failed orbax
-    restore leaves reads in flight, which print tracebacks as the interpreter shuts down."""
-    import threading
-    import warnings
-
-    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)  # "exception never retrieved"
-    sys.unraisablehook = lambda unraisable: None
-    threading.excepthook = lambda args: None
-    warnings.simplefilter("ignore", RuntimeWarning)  # "coroutine ... was never awaited"
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError) as e:
-        _exit_on_config_error(e)
-        raise
+        _exit_on_config_error(e)  # exits, or re-raises what is not a config error
 
 
 def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False) -> None:
@@ -142,7 +129,6 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
             else:
                 summary = run(config, workdir)
         except validation.ConfigError as e:
-            _quiet_teardown()
             sys.exit(f"error: {e}")
         if distributed.is_primary():
             print(json.dumps(summary, indent=2, sort_keys=True, default=str))

@@ -299,7 +299,7 @@ def _run_in_workers(todo: list[tuple[str, ml_collections.ConfigDict]], run_fn: R
 
 
 def _stop_on_sigterm() -> Any:
-    """Makes SIGTERM to the sweep's process (a scheduler's, or a Ctrl-C'd terminal's kill) stop
+    """Makes SIGTERM to the sweep's process (a scheduler's preemption, `kill`) stop
     the sweep as a failed run does: its workers get SIGTERM and the sweep waits while they
     checkpoint, then exits with the preempted code; without this it died at once, before the
     workers had saved. Returns the previous handler (None off the main thread: not set)."""

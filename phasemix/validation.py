@@ -42,3 +42,8 @@ def fail_flag(flag: str, message: str, value: Any = None) -> None:
 def require_flag(condition: bool, flag: str, message: str, value: Any = None) -> None:
     if not condition:
         fail_flag(flag, message, value)
+
+
+def unknown_variant(variant: str, choices: str) -> None:
+    """A config file's get_config was given a variant it does not have (`--config=path:variant`)."""
+    fail_flag("config", f"unknown variant {variant!r} (after the ':'); use {choices}")
