@@ -42,17 +42,20 @@ class Study:
     """What a sweep varies and runs: the data-size field, its label and the run functions."""
 
     size_field: str  # the config field of the data size
+    size_flag: str  # the sweep's flag of its values
     size_label: str  # for tables and figures
+    experiment: str  # the experiment whose config `base` must be
     run: Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
     validate: Callable[[ml_collections.ConfigDict], None]
     run_vmapped: Callable[..., list[dict[str, Any]]] | None  # seed groups as one program
 
 
 STUDIES = {
-    "modular": Study("task.train_count", "train pairs", grokking.run, grokking.validate,
-                     grokking.run_vmapped),
-    "sentiment": Study("task.train_fraction", "fraction of the train reviews",
-                       sentiment_grokking.run, sentiment_grokking.validate, None),
+    "modular": Study("task.train_count", "train_counts", "train pairs", "grokking",
+                     grokking.run, grokking.validate, grokking.run_vmapped),
+    "sentiment": Study("task.train_fraction", "train_fractions", "fraction of the train reviews",
+                       "sentiment_grokking", sentiment_grokking.run, sentiment_grokking.validate,
+                       None),
 }
 
 
@@ -128,10 +131,16 @@ def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     validation.require_choice(config.mode, MODES, "mode")
     validation.require_choice(config.study, STUDIES, "study")
     study = STUDIES[config.study]
+    # The study's runs need their experiment's base config, which the variant sets.
+    validation.require(config.base.get("experiment") == study.experiment, "study",
+                       f"needs a {study.experiment} base config, not "
+                       f"{config.base.get('experiment')!r}: choose the study by the variant "
+                       "(--config=experiments/critical_data_size.py:sentiment, :sentiment_model "
+                       "or :sentiment_smoke for sentiment; none, :model or :smoke for modular)",
+                       config.study)
     validation.require(not (config.vmap_seeds and study.run_vmapped is None), "vmap_seeds",
                        f"is not available for the {config.study} study", config.vmap_seeds)
-    size_flag = "train_counts" if config.study == "modular" else "train_fractions"
-    for field in (size_flag, "seeds") + (("widths", "depths") if config.mode == "model"
+    for field in (study.size_flag, "seeds") + (("widths", "depths") if config.mode == "model"
                                          else ()):
         validation.require(len(config[field]) > 0, field, "the sweep needs at least one value",
                            config[field])
@@ -147,6 +156,12 @@ def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
                 runs.append({"model.num_layers": depth, "model.d_model": width,
                              "model.d_mlp": 4 * width, **override})
     return runs
+
+
+def grid_flags(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Each grid field -> the sweep flag its values come from (named in a bad value's error)."""
+    return {STUDIES[config.study].size_field: STUDIES[config.study].size_flag, "seed": "seeds",
+            "model.num_layers": "depths", "model.d_model": "widths"}
 
 
 def analyse(rows: list[dict[str, Any]], budget: int, size_field: str) -> dict[str, Any]:
@@ -230,7 +245,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     workdir_path = pathlib.Path(workdir)
     rows = sweep.run_sweep(config.base, grid, workdir_path, study.run,
                            validate_fn=study.validate, workers=config.workers,
-                           group_fn=study.run_vmapped if config.vmap_seeds else None, shard=shard)
+                           group_fn=study.run_vmapped if config.vmap_seeds else None, shard=shard,
+                           grid_flags=grid_flags(config))
     run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     if len(rows) < len(grid):  # other shards still running: they write the analysis
         return {"runs": len(grid), "runs_finished": len(rows), "shard": str(shard)}

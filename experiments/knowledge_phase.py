@@ -163,6 +163,14 @@ def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
                        "final_eval_people": config.frequency_people})
 
 
+def grid_flags(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Each grid field -> the sweep flag its values come from (named in a bad value's error)."""
+    ratio_flag = {"ratio": "ratios", "size": "ratios", "frequency": "frequency_ratio"}.get(
+        config.mode, "sub_critical_ratio")
+    return {"seed": "seeds", "model.preset": "presets", "ratio": ratio_flag,
+            "mix.keep_fraction": "keep_fractions", "mix.compact_fraction": "compact_fractions"}
+
+
 def size_grid(config: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
     """Size mode: preset -> its ratios (`ratios_per_preset`, else `ratios` for every preset)."""
     grids = config.ratios_per_preset or [config.ratios] * len(config.presets)
@@ -482,7 +490,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     workdir_path = pathlib.Path(workdir)
     rows = sweep.run_sweep(config.base, grid, workdir_path, knowledge_mixing.run,
                            validate_fn=knowledge_mixing.validate, workers=config.workers,
-                           shard=shard)
+                           shard=shard, grid_flags=grid_flags(config))
     run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     if len(rows) < len(grid):  # other shards still running: they write the analysis
         return {"runs": len(grid), "runs_finished": len(rows), "shard": str(shard)}

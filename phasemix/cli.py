@@ -121,6 +121,7 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
                      " (the part before any ':' must be a config file's path)")
         use_compilation_cache(flags.FLAGS.xla_cache)
         try:
+            validation.require_seeds(config)
             _start_distributed()
             if sweep:
                 from phasemix import sweep as sweep_lib

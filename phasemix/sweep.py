@@ -336,12 +336,15 @@ def _seed_groups(todo: list[tuple[str, ml_collections.ConfigDict]]) -> list[list
 def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, Any]],
               sweep_dir: str | os.PathLike, run_fn: RunFn, validate_fn: ValidateFn | None = None,
               workers: int = 1, group_fn: GroupRunFn | None = None,
-              shard: Shard | None = None) -> list[dict[str, Any]]:
+              shard: Shard | None = None,
+              grid_flags: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Runs every override set not yet finished (of `shard`'s part only, if given) and returns
     the table's rows (grid order): every run finished so far, whichever shard ran it.
 
     Everything is checked before the first run starts: an empty grid, unknown fields, two
     runs that would share a folder, invalid configs (`validate_fn`), an unwritable folder.
+    `grid_flags` maps an override's field to the sweep's flag its values come from (e.g.
+    'task.train_count' -> 'train_counts'), so that a bad value's error names that flag.
     In a job of several processes the runs are trained by all of them, one after another.
     """
     if not overrides:
@@ -357,7 +360,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
             try:
                 validate_fn(config)
             except validation.ConfigError as e:
-                raise validation.ConfigError(f"run {run_name(override)}: {e}") from e
+                raise _run_config_error(e, override, grid_flags or {}) from e
         runs.append((run_name(override), dict(override), config))
     names = [name for name, _, _ in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -397,7 +400,8 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
                          "run_seconds": seconds})
         return rows
 
-    bar = progress.Progress(len(runs), len(results), unit="run")
+    bar = progress.RunsProgress(len(runs), len(todo), 1 if group_fn else workers,
+                                "" if shard is None else f"shard {shard}")
 
     def record(name: str, summary: dict[str, Any], seconds: float) -> None:
         results[name] = (summary, seconds)
@@ -407,7 +411,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
         collect_finished()
         if distributed.is_primary():
             write_table(table_rows(), sweep_dir / RESULTS_FILE)
-        _say(bar.line(len(results), f"finished {name} in {seconds:.0f}s"))
+        _say(bar.line(len(results), seconds, f"finished {name} in {seconds:.0f}s"))
 
     if group_fn is not None:
         for group in _seed_groups(todo):
@@ -427,6 +431,19 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     if distributed.is_primary():
         write_table(rows, sweep_dir / RESULTS_FILE)
     return rows
+
+
+def _run_config_error(error: validation.ConfigError, override: Mapping[str, Any],
+                      grid_flags: Mapping[str, str]) -> validation.ConfigError:
+    """A run's invalid config, named by the sweep flag that set the value where there is one."""
+    flag = grid_flags.get(error.field) if error.field in override else None
+    if flag is None or error.reason is None:
+        return validation.ConfigError(f"run {run_name(override)}: {error}")
+    value = override[error.field]
+    hint = (f" (several strings are written --config.{flag}='(\"a\",\"b\")')"
+            if isinstance(value, str) and "," in value else "")
+    return validation.ConfigError(f"--config.{flag}: the value {value!r} "
+                                  f"(run {run_name(override)}): {error.reason}{hint}")
 
 
 def _say(line: str) -> None:

@@ -196,6 +196,7 @@ def weight_norms(params: Any) -> dict[str, jax.Array]:
 
 
 def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    validation.require_seeds(config)
     validation.require_positive(config, "num_steps", "batch_size", "eval_every",
                                 "checkpoint_every", "eval_batch_size")
     for field in ("batch_size", "eval_batch_size"):

@@ -6,6 +6,7 @@ marked slow: `pytest -m slow tests/test_distributed.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -187,8 +188,7 @@ def test_two_shards_together_write_the_unsharded_table(tmp_path):
 def test_a_shard_of_the_critical_data_size_sweep_waits_for_the_others(tmp_path, monkeypatch):
     study = critical_data_size.STUDIES["modular"]
     monkeypatch.setitem(critical_data_size.STUDIES, "modular",
-                        critical_data_size.Study(study.size_field, study.size_label, fake_run,
-                                                 study.validate, None))
+                        dataclasses.replace(study, run=fake_run, run_vmapped=None))
     config = critical_data_size.get_config("smoke")  # 2 sizes x 2 seeds
     summary = critical_data_size.run(config, str(tmp_path), shard=sweep.parse_shard("1/2"))
     assert summary == {"runs": 4, "runs_finished": 2, "shard": "1/2"}

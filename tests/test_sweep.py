@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from experiments import critical_data_size, grokking
-from phasemix import sweep, validation
+from phasemix import progress, sweep, validation
 
 
 def test_grid_is_the_cartesian_product_in_order():
@@ -221,6 +221,19 @@ def test_progress_counts_each_run_once_when_workers_report_out_of_order(tmp_path
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
 
 
+def test_sweep_eta_counts_the_runs_in_flight_and_only_this_jobs_part():
+    bar = progress.RunsProgress(grid_total=12, todo=5, parallel=2, part="shard 0/2")
+    first = bar.line(grid_done=3, run_seconds=10.0, extra="finished seed=0 in 10s")
+    # 4 runs left, 2 at a time, 10 s each: 20 s (a rate over elapsed time would say 40 s).
+    assert first.startswith("run 3/12 (25%) finished seed=0 in 10s | shard 0/2: 1/5 |")
+    assert first.endswith("ETA 0m20s")
+    for seconds in (30.0, 20.0, 20.0):  # mean 20 s; the last run left has a worker to itself
+        line = bar.line(grid_done=4, run_seconds=seconds)
+    assert line.endswith("ETA 0m20s") and "shard 0/2: 4/5" in line
+    assert bar.line(grid_done=12, run_seconds=5.0).endswith("ETA 0m00s")
+    assert "shard" not in progress.RunsProgress(2, 2, 1).line(1, 1.0)
+
+
 def test_rerun_skips_finished_runs_and_table_has_config_and_summary(tmp_path):
     base = grokking.get_config("smoke")
     first = sweep.run_sweep(base, sweep.grid({"seed": [0, 1]}), tmp_path, fake_run)
@@ -278,3 +291,28 @@ def test_bad_mode_and_empty_axis_name_the_flag():
     config.train_counts = (100, 100)
     with pytest.raises(validation.ConfigError, match=r"--config.train_counts=\(100, 100\): repeats"):
         critical_data_size.overrides(config)
+    config = critical_data_size.get_config("smoke")
+    config.study = "sentiment"  # without the sentiment variant's base config
+    with pytest.raises(validation.ConfigError, match="--config.study='sentiment': needs a "
+                       "sentiment_grokking base config, not 'grokking'"):
+        critical_data_size.overrides(config)
+
+
+def test_a_bad_grid_value_names_the_sweep_flag_it_came_from(tmp_path):
+    config = critical_data_size.get_config("smoke")
+    config.train_counts = (100, 20000)  # of 529 pairs
+    with pytest.raises(validation.ConfigError, match=r"^--config.train_counts: the value 20000 "
+                       r"\(run task.train_count=20000,seed=0\): must be in \[1, 528\]"):
+        critical_data_size.run(config, str(tmp_path))
+    assert not (tmp_path / "runs").exists()
+    # A field the grid does not set keeps the run's own flag.
+    config = critical_data_size.get_config("smoke")
+    config.base.task.p = 1
+    with pytest.raises(validation.ConfigError, match=r"^run task.train_count=100,seed=0: "
+                       r"--config.task.p=1"):
+        critical_data_size.run(config, str(tmp_path))
+    # A comma inside one string value: the tuple syntax is shown.
+    with pytest.raises(validation.ConfigError, match=r"^--config.ops: the value 'add,sub' .*"
+                       r"must be one of .*several strings are written --config.ops='\("):
+        sweep.run_sweep(grokking.get_config("smoke"), [{"task.op": "add,sub"}], tmp_path / "s",
+                        fake_run, validate_fn=grokking.validate, grid_flags={"task.op": "ops"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -306,8 +307,9 @@ def test_checkpoint_errors_keep_the_gist_of_orbax_errors():
     (["--config.task.pp=3"], "field the config does not have: 'pp'"),
     (["--config=experiments/no_such_file.py"], "error: --config: could not load"),
     (["--config.batch_size=0"], "error: --config.batch_size=0: must be positive"),
+    (["--config.seed=-1"], "error: --config.seed=-1: must be a non-negative integer"),
 ], ids=["bad value", "unknown variant", "misspelt field", "missing nested field", "no file",
-        "zero batch"])
+        "zero batch", "negative seed"])
 def test_cli_reports_bad_flag_in_one_line_without_traceback(tmp_path, flags, message):
     config = [] if flags[0].startswith("--config=") else ["--config=experiments/grokking.py:smoke"]
     proc = subprocess.run(
@@ -317,6 +319,22 @@ def test_cli_reports_bad_flag_in_one_line_without_traceback(tmp_path, flags, mes
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_every_seed_field_must_be_a_non_negative_integer():
+    config = {"seed": 0, "seeds": (0, 3), "vmap_seeds": False,
+              "data": {"split_seed": 7, "seed": 1}}
+    validation.require_seeds(config)  # all fine
+    for field, value, message in [("seed", -1, r"--config.seed=-1: must be a non-negative"),
+                                  ("data.split_seed", 0.5, r"--config.data.split_seed=0.5"),
+                                  ("seeds", (0, -2), r"--config.seeds=\(0, -2\): must be "
+                                                     "non-negative integers"),
+                                  ("data.seed", True, r"--config.data.seed=True")]:
+        bad = copy.deepcopy(config)
+        parent, _, leaf = field.rpartition(".")
+        (bad[parent] if parent else bad)[leaf] = value
+        with pytest.raises(validation.ConfigError, match=message):
+            validation.require_seeds(bad)
 
 
 def test_vmapped_seeds_match_separate_runs(smoke_config, tmp_path):
