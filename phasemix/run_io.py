@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import tempfile
 from typing import Any, Iterable
 
@@ -210,9 +211,7 @@ class MetricsWriter:
         self._file.write(json.dumps(row, default=_to_builtin, sort_keys=True) + "\n")
         self._file.flush()
         if self._tensorboard and self._tb is None:
-            from tensorboardX import SummaryWriter  # no TensorFlow needed
-
-            self._tb = SummaryWriter(str(self._workdir / TENSORBOARD_DIR), purge_step=(
+            self._tb = _summary_writer_class()(str(self._workdir / TENSORBOARD_DIR), purge_step=(
                 self._resume_step + 1 if self._resume_step else None))
         if self._tb is not None:
             for key, value in row.items():
@@ -223,6 +222,24 @@ class MetricsWriter:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter (no TensorFlow needed), imported without PyTorch.
+
+    tensorboardX imports torch whenever it is installed, only to accept torch tensors: seconds
+    of start-up in every run process (Colab has torch), and a second CUDA runtime beside JAX's
+    on a GPU. We log Python floats, so where torch is not loaded yet it is hidden meanwhile.
+    """
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def nan_to_none(value: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -183,6 +184,24 @@ def test_run_writes_the_output_contract_and_loss_falls(smoke_config, tmp_path):
     events = sorted((tmp_path / "tensorboard").iterdir())
     grokking.run(smoke_config, str(tmp_path))  # finished: trains nothing, adds no events file
     assert sorted((tmp_path / "tensorboard").iterdir()) == events
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="checks that an installed PyTorch is not imported")
+def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
+    result = run_python(
+        "import json, sys\n"
+        "from phasemix import run_io\n"
+        f"writer = run_io.MetricsWriter({str(tmp_path)!r})\n"
+        "writer.write({'step': 1, 'train_loss': 0.5})\n"
+        "writer.close()\n"
+        "loaded = 'torch' in sys.modules\n"
+        "import torch  # and still importable afterwards\n"
+        "print(json.dumps({'torch_loaded_by_writer': loaded, 'torch_works': "
+        "float(torch.ones(1).sum()) == 1.0}))")
+    events = list((tmp_path / run_io.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    assert len(events) == 1 and b"train_loss" in events[0].read_bytes()
+    assert result == {"torch_loaded_by_writer": False, "torch_works": True}
 
 
 def test_json_outputs_are_strict_json(tmp_path):
