@@ -158,9 +158,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 def check_mixture(weights: Any, num_domains: int, field: str) -> None:
     """One share per domain, none negative, summing to 1 within MIX_TOL."""
-    w = np.asarray(weights, np.float64)
+    try:
+        w = np.asarray(weights, np.float64)
+    except (TypeError, ValueError):  # e.g. a flag the parser kept as a string
+        validation.fail(field, f"must be numbers, one share per domain ({num_domains}), "
+                        f"e.g. --config.{field}='(0.5,0.5)'", weights)
     validation.require(w.shape == (num_domains,), field,
                        f"needs one share per domain ({num_domains})", weights)
+    validation.require(bool(np.all(np.isfinite(w))), field, "has a share that is not finite",
+                       weights)
     validation.require(bool(np.all(w >= 0)), field, "has a negative share", weights)
     validation.require(abs(w.sum() - 1) <= MIX_TOL, field,
                        f"must sum to 1 within {MIX_TOL} (it sums to {w.sum():.9g})", weights)
@@ -206,6 +212,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     validate_run(config.base, "base.")
     num_domains = len(config.base.domains.names)
     validation.require(len(config.laws) > 0, "laws", "name at least one law", config.laws)
+    validation.require_unique(config, "laws")
     for law in config.laws:
         validation.require_choice(law, mixing_laws.LAW_NAMES, "laws")
     aware = [law for law in config.laws if mixing_laws.FAMILIES[law].uses_mixture]
@@ -224,8 +231,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                            f"{config.num_proxies - fitted}: fewer than the {params} parameters "
                            f"of the {law} law with {num_domains} domains; use >= {needed}",
                            config.num_proxies)
-    validation.require(config.dirichlet_alpha > 0, "dirichlet_alpha", "must be positive",
-                       config.dirichlet_alpha)
+    validation.require_positive(config, "dirichlet_alpha")
     validation.require(len(config.seeds) > 0 and len(set(config.seeds)) == len(config.seeds),
                        "seeds", "needs at least one seed, none repeated", config.seeds)
     steps = eval_steps(config)
@@ -243,6 +249,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for i, weights in enumerate(config.extra_mixtures):
         check_mixture(weights, num_domains, f"extra_mixtures[{i}]")
     validation.require_positive(config, "fit.num_starts", "fit.max_iter", "fit.delta")
+    validation.require(config.fit.tol >= 0, "fit.tol", "must be >= 0", config.fit.tol)
 
 
 # --- One run ----------------------------------------------------------------------------------
@@ -339,7 +346,13 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[list[dict], dict[str, tu
     for row in rows:
         row["entropy"] = measure(streams[row["domain"]].train[:sample])
         row["entropy_sample_tokens"] = sample
-    entropy_shares = entropy_mix.proportions([r["entropy"] for r in rows], config.entropy.method)
+    try:
+        entropy_shares = entropy_mix.proportions([r["entropy"] for r in rows],
+                                                 config.entropy.method)
+    except ValueError as e:  # e.g. a sample too short to tell the domains apart
+        raise validation.ConfigError(f"--config.entropy.tokens={config.entropy.tokens}: "
+                                     f"{sample} tokens per domain give no usable entropy "
+                                     f"({e}); sample more") from e
     for row, share in zip(rows, entropy_shares):
         row["entropy_share"] = float(share)
     num_domains = len(rows)
@@ -543,7 +556,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     names = tuple(config.base.domains.names)
     domain_rows, mixtures = prepare(config)
     proxies = proxy_grid(config)
-    common = dict(validate_fn=validate_run, workers=config.workers, shard=shard)
+    common = dict(validate_fn=validate_run, workers=config.workers, shard=shard, base_flag="base")
     rows = sweep.run_sweep(config.base, proxies, workdir_path, run_mixture, **common)
     run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     sweep.write_table(domain_rows, workdir_path / "domains.csv")

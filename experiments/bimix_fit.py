@@ -143,10 +143,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     validation.require(config.threads >= 0, "threads", "must be >= 0 (0: one per core)",
                        config.threads)
     validation.require(config.fit.tol >= 0, "fit.tol", "must be >= 0", config.fit.tol)
-    weights = np.asarray(config.opt.domain_weights, float)
+    validation.require_unique(config, "models", "laws", "zero_shares")
+    try:
+        weights = np.asarray(config.opt.domain_weights, float)
+    except (TypeError, ValueError):  # e.g. a flag the parser kept as a string
+        validation.fail("opt.domain_weights", f"must be numbers, one per group {DOMAINS}",
+                        config.opt.domain_weights)
     validation.require(weights.shape == (len(DOMAINS),), "opt.domain_weights",
                        f"needs one weight per group {DOMAINS}", config.opt.domain_weights)
-    validation.require(np.all(weights >= 0) and abs(weights.sum() - 1) <= MIX_TOL,
+    validation.require(np.all(weights >= 0) and abs(weights.sum() - 1) <= MIX_TOL,  # NaN fails
                        "opt.domain_weights", f"must be >= 0 and sum to 1 (within {MIX_TOL})",
                        config.opt.domain_weights)
     lo, hi = config.opt.min_weight, config.opt.max_weight
@@ -165,18 +170,65 @@ def _curves_error(path: Any, message: str) -> validation.ConfigError:
 def read_group_weights(path: str | pathlib.Path) -> dict[str, float]:
     """Sub-domain -> weight within its group (the file's weights renormalised per group)."""
     path = pathlib.Path(path)
-    if not path.exists():
-        raise validation.ConfigError(f"--valid_weights={path}: file not found (it comes with "
+    if not path.is_file():
+        found = "not a file" if path.exists() else "file not found"
+        raise validation.ConfigError(f"--valid_weights={path}: {found} (it comes with "
                                      "the curves as pile_valid_weight.json)")
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise validation.ConfigError(f"--valid_weights={path}: not a JSON file of weights "
+                                     f"({e})") from e
+    if not isinstance(raw, dict):
+        raise validation.ConfigError(f"--valid_weights={path}: must map each sub-domain to "
+                                     "its weight")
     out = {}
     for group, members in GROUPS.items():
         missing = [m for m in members if m not in raw]
         if missing:
             raise validation.ConfigError(f"--valid_weights={path}: no weight for {missing}")
-        total = sum(raw[m] for m in members)
-        out.update({m: raw[m] / total for m in members})
+        values = [raw[m] for m in members]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+                   for v in values) or sum(values) <= 0:
+            raise validation.ConfigError(f"--valid_weights={path}: the weights of {group} "
+                                         f"{dict(zip(members, values))} must be numbers >= 0 "
+                                         "with a positive sum")
+        out.update({m: raw[m] / sum(values) for m in members})
     return out
+
+
+def _read_curve_rows(path: pathlib.Path, group_of: dict[str, str],
+                     props: dict[tuple[str, int], tuple[float, ...]],
+                     losses: dict[tuple[str, int, int], dict[str, float]]) -> None:
+    """Fills `props` and `losses` from the curves CSV, checking every row."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise _curves_error(path, f"missing columns {missing}")
+        for row in reader:
+            where = f"line {reader.line_num}"
+            if None in row.values():
+                raise _curves_error(path, f"{where}: has fewer fields than the header")
+            try:
+                mixture, step = int(row["mixture_id"]), int(float(row["step"]))
+                p = tuple(float(row[c]) for c in PROP_COLUMNS)
+                loss = float(row["loss"])
+            except ValueError as e:
+                raise _curves_error(path, f"{where}: {e}") from e
+            if not all(map(math.isfinite, p)) or min(p) < 0 or abs(sum(p) - 1) > MIX_TOL:
+                raise _curves_error(path, f"{where}: mixture {p} has a negative or non-finite "
+                                    f"weight or does not sum to 1 (sum {sum(p):.9g}, "
+                                    f"tolerance {MIX_TOL})")
+            if not (math.isfinite(loss) and loss > 0) or step <= 0:
+                raise _curves_error(path, f"{where}: loss must be finite and > 0 and step > 0")
+            if row["eval_domain"] not in group_of:
+                raise _curves_error(path, f"{where}: unknown eval domain {row['eval_domain']!r}")
+            known = props.setdefault((row["model"], mixture), p)
+            if known != p:
+                raise _curves_error(path, f"{where}: mixture {mixture} of {row['model']} was "
+                                    f"{known} on an earlier line, here {p}")
+            losses.setdefault((row["model"], mixture, step), {})[row["eval_domain"]] = loss
 
 
 def load_curves(path: str | pathlib.Path, weights_path: str | pathlib.Path | None = None
@@ -187,38 +239,20 @@ def load_curves(path: str | pathlib.Path, weights_path: str | pathlib.Path | Non
     Every row is checked; an error names the file and its line.
     """
     path = pathlib.Path(path)
-    if not path.exists():
-        raise _curves_error(path, "file not found; pass --curves=PATH to the published 5-mix "
+    if not path.is_file():
+        found = "not a file" if path.exists() else "file not found"
+        raise _curves_error(path, f"{found}; pass --curves=PATH to the published 5-mix "
                             "curves (5mix_losses.csv, see ../shared/data/mixing_laws/README.md)")
     weights = read_group_weights(weights_path or path.with_name(WEIGHTS_FILE))
     group_of = {m: g for g, members in GROUPS.items() for m in members}
     props: dict[tuple[str, int], tuple[float, ...]] = {}
     losses: dict[tuple[str, int, int], dict[str, float]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise _curves_error(path, f"missing columns {missing}")
-        for row in reader:
-            where = f"line {reader.line_num}"
-            try:
-                mixture, step = int(row["mixture_id"]), int(float(row["step"]))
-                p = tuple(float(row[c]) for c in PROP_COLUMNS)
-                loss = float(row["loss"])
-            except ValueError as e:
-                raise _curves_error(path, f"{where}: {e}") from e
-            if min(p) < 0 or abs(sum(p) - 1) > MIX_TOL:
-                raise _curves_error(path, f"{where}: mixture {p} has a negative weight or does "
-                                    f"not sum to 1 (sum {sum(p):.9g}, tolerance {MIX_TOL})")
-            if not (math.isfinite(loss) and loss > 0) or step <= 0:
-                raise _curves_error(path, f"{where}: loss must be finite and > 0 and step > 0")
-            if row["eval_domain"] not in group_of:
-                raise _curves_error(path, f"{where}: unknown eval domain {row['eval_domain']!r}")
-            known = props.setdefault((row["model"], mixture), p)
-            if known != p:
-                raise _curves_error(path, f"{where}: mixture {mixture} of {row['model']} was "
-                                    f"{known} on an earlier line, here {p}")
-            losses.setdefault((row["model"], mixture, step), {})[row["eval_domain"]] = loss
+    try:
+        _read_curve_rows(path, group_of, props, losses)
+    except UnicodeDecodeError as e:
+        raise _curves_error(path, f"not a UTF-8 CSV file ({e})") from e
+    if not losses:
+        raise _curves_error(path, "has no rows after its header")
     out: dict[str, dict[str, list]] = {}
     for (model, mixture, step), by_domain in sorted(losses.items()):
         group_losses = []
@@ -358,6 +392,25 @@ def fit_all(config: ml_collections.ConfigDict, selected: dict[str, dict[str, np.
         return [futures[i].result() for i in range(len(jobs))]
 
 
+def share_bounds(config: ml_collections.ConfigDict, model: str, observed_MxK: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's lowest and highest share for the optimised mixture, checked to allow one."""
+    from phasemix import mixture_opt
+
+    lo = np.full(len(DOMAINS), config.opt.min_weight)
+    hi = np.full(len(DOMAINS), config.opt.max_weight)
+    if config.opt.cap_at_trained_max:
+        hi = np.minimum(hi, observed_MxK.max(axis=0))
+    try:
+        mixture_opt.check_bounds(lo, hi)
+    except ValueError as e:
+        capped = (" (with --config.opt.cap_at_trained_max, each group's highest share is the "
+                  f"largest {model} was trained on)" if config.opt.cap_at_trained_max else "")
+        raise validation.ConfigError(f"--config.opt.min_weight={config.opt.min_weight}: "
+                                     f"{e}{capped}") from e
+    return lo, hi
+
+
 def optimal_mixtures(config: ml_collections.ConfigDict, model: str, fitted: dict,
                      data: dict[str, np.ndarray]) -> list[dict]:
     """Per policy and mixture-aware law: the mixture it predicts best at opt.step, and the
@@ -366,10 +419,7 @@ def optimal_mixtures(config: ml_collections.ConfigDict, model: str, fitted: dict
 
     weights = np.asarray(config.opt.domain_weights, float)
     observed = np.unique(data["props_NxK"], axis=0)
-    lo = np.full(len(DOMAINS), config.opt.min_weight)
-    hi = np.full(len(DOMAINS), config.opt.max_weight)
-    if config.opt.cap_at_trained_max:
-        hi = np.minimum(hi, observed.max(axis=0))
+    lo, hi = share_bounds(config, model, observed)
     out = []
     for policy in config.zero_shares:
         for law_name in config.laws:
@@ -448,6 +498,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, curves: str | pathlib.P
         validation.require(model in data, "models", f"not in {curves} (it has {sorted(data)})",
                            model)
     selected = {model: select(data[model], config, model) for model in config.models}
+    for model, data_of_model in selected.items():  # before any fit, not after them
+        share_bounds(config, model, np.unique(data_of_model["props_NxK"], axis=0))
     workdir_path = run_io.prepare_workdir(workdir, config)
     # One padded size for every fit: one compilation per law family.
     pad_to = law_fit.padded_size(fit_rows(config, selected))

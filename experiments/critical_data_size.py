@@ -146,6 +146,11 @@ def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
                            config[field])
         validation.require(len(set(config[field])) == len(config[field]), field,
                            "repeats a value", config[field])
+    if config.mode == "model":
+        heads = config.base.model.num_heads
+        validation.require(all(w % heads == 0 for w in config.widths), "widths",
+                           f"each width must be a multiple of the {heads} heads "
+                           "(--config.base.model.num_heads)", config.widths)
     size_axis = {study.size_field: sizes(config), "seed": config.seeds}
     if config.mode == "sample":
         return sweep.grid(size_axis)
@@ -246,7 +251,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     rows = sweep.run_sweep(config.base, grid, workdir_path, study.run,
                            validate_fn=study.validate, workers=config.workers,
                            group_fn=study.run_vmapped if config.vmap_seeds else None, shard=shard,
-                           grid_flags=grid_flags(config))
+                           grid_flags=grid_flags(config), base_flag="base")
     run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     if len(rows) < len(grid):  # other shards still running: they write the analysis
         return {"runs": len(grid), "runs_finished": len(rows), "shard": str(shard)}

@@ -106,6 +106,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     validation.require_positive(config, "seq_len", "eval_people", "final_eval_people",
                                 "eval_web_windows")
     presets.model_fields(config.model.preset)
+    synbio.validate(config.synbio)
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_lib.TransformerConfig:

@@ -34,6 +34,7 @@ runs part i of n (see launch/).
 
 from __future__ import annotations
 
+import csv
 import pathlib
 import statistics
 import time
@@ -119,8 +120,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("presets", "seeds", "steps_multipliers"):
         validation.require(len(config[field]) > 0, field, "needs at least one value",
                            config[field])
-    validation.require(all(m >= 1 for m in config.steps_multipliers), "steps_multipliers",
-                       "must be >= 1", config.steps_multipliers)
+    validation.require(all(isinstance(m, int) and m >= 1 for m in config.steps_multipliers),
+                       "steps_multipliers", "must be integers >= 1", config.steps_multipliers)
     validation.require(all(0 < k < 1 for k in config.keep_fractions), "keep_fractions",
                        "must be in (0, 1)", config.keep_fractions)
     validation.require(all(0 < c < 1 for c in config.compact_fractions), "compact_fractions",
@@ -130,9 +131,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                            "presets", "the web law has 3 parameters: it needs >= 3 sizes",
                            config.presets)
     if config.web_sweep is not None:
-        validation.require((pathlib.Path(config.web_sweep) / sweep.RESULTS_FILE).exists(),
+        validation.require((pathlib.Path(config.web_sweep) / sweep.RESULTS_FILE).is_file(),
                            "web_sweep", "has no results.csv: run the :web sweep there first",
                            config.web_sweep)
+        load_knapsack(config)  # fails here, before the sweep trains, if that table is not one
 
 
 def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -168,7 +170,9 @@ def grid_flags(config: ml_collections.ConfigDict) -> dict[str, str]:
     ratio_flag = {"ratio": "ratios", "size": "ratios", "frequency": "frequency_ratio"}.get(
         config.mode, "sub_critical_ratio")
     return {"seed": "seeds", "model.preset": "presets", "ratio": ratio_flag,
-            "mix.keep_fraction": "keep_fractions", "mix.compact_fraction": "compact_fractions"}
+            "mix.keep_fraction": "keep_fractions", "mix.compact_fraction": "compact_fractions",
+            "synbio.num_people": "frequency_people", "final_eval_people": "frequency_people",
+            "synbio.popularity_exponent": "popularity_exponent"}
 
 
 def size_grid(config: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
@@ -242,8 +246,24 @@ def sharpness(points: list[dict[str, Any]], x_key: str, low: float = 0.1,
 
 def load_knapsack(config: ml_collections.ConfigDict) -> tuple[capacity.WebLaw, dict[str, Any]]:
     """The web law fitted on the :web sweep at `config.web_sweep`, and its facts."""
-    rows = sweep.read_table(pathlib.Path(config.web_sweep) / sweep.RESULTS_FILE)
-    points = per_point(rows, ("model.preset",))
+    path = pathlib.Path(config.web_sweep) / sweep.RESULTS_FILE
+    needed = ("model.preset", "seed", ACCURACY, config.param_count, "web_val_loss",
+              "tokens_per_bio")
+    try:
+        rows = sweep.read_table(path)
+        missing = [k for k in needed if not rows or k not in rows[0]]
+        validation.require(not missing, "web_sweep", f"{path} is not the table of a :web sweep "
+                           f"(it lacks {missing})" if rows else f"{path} has no runs",
+                           config.web_sweep)
+        points = per_point(rows, ("model.preset",))
+        validation.require(all(isinstance(p[k], (int, float)) for p in points
+                               for k in (config.param_count, "web_val_loss")), "web_sweep",
+                           f"{path} has runs without {config.param_count} or web_val_loss",
+                           config.web_sweep)
+        validation.require(len(points) >= 3, "web_sweep", f"{path} has {len(points)} model "
+                           "sizes; the web law has 3 parameters: it needs >= 3", config.web_sweep)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        validation.fail("web_sweep", f"cannot read {path}: {e}", config.web_sweep)
     law = capacity.fit_web_law([p[config.param_count] for p in points],
                                [p["web_val_loss"] for p in points])
     return law, {"tokens_per_bio": statistics.fmean(r["tokens_per_bio"] for r in rows),
@@ -490,7 +510,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     workdir_path = pathlib.Path(workdir)
     rows = sweep.run_sweep(config.base, grid, workdir_path, knowledge_mixing.run,
                            validate_fn=knowledge_mixing.validate, workers=config.workers,
-                           shard=shard, grid_flags=grid_flags(config))
+                           shard=shard, grid_flags=grid_flags(config), base_flag="base")
     run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     if len(rows) < len(grid):  # other shards still running: they write the analysis
         return {"runs": len(grid), "runs_finished": len(rows), "shard": str(shard)}

@@ -104,6 +104,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        task.test_fraction)
     validation.require_positive(config, "task.max_len", "task.eval_train_count",
                                 "task.eval_test_count")
+    validation.require(task.limit is None or task.limit >= 2, "task.limit",
+                       "must keep >= 2 reviews of each split (unset: all)", task.limit)
     validation.require(task.max_len >= 2, "task.max_len", "needs room for CLS and a word",
                        task.max_len)
     validation.require(task.vocab_size > len(tokenizer.SPECIALS), "task.vocab_size",

@@ -122,6 +122,7 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
         use_compilation_cache(flags.FLAGS.xla_cache)
         try:
             validation.require_seeds(config)
+            validation.require_cache_dirs(config)
             _start_distributed()
             if sweep:
                 from phasemix import sweep as sweep_lib

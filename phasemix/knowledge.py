@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from phasemix import batching, synbio, tokenizer as tokenizer_lib
+from phasemix import batching, synbio, tokenizer as tokenizer_lib, validation
 
 SEPARATOR = tokenizer_lib.CLS
 _RENDER_BLOCK = 4096  # biographies rendered and tokenised per block
@@ -125,7 +125,8 @@ def query_arrays(tok: tokenizer_lib.Tokenizer, queries: Sequence[synbio.Query],
                for q in queries]
     width = max((len(p) + len(v) - 1 for p, v in encoded), default=1)
     if width > seq_len:
-        raise ValueError(f"a query is {width + 1} tokens, longer than seq_len={seq_len}")
+        validation.fail("seq_len", f"is shorter than a biography query ({width + 1} tokens): "
+                        f"use >= {width + 1}", seq_len)
     inputs_NxL = np.zeros((len(queries), width), np.int32)
     targets_NxL = np.zeros_like(inputs_NxL)
     mask_NxL = np.zeros((len(queries), width), np.float32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 import optax
 
@@ -40,9 +42,16 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Grad
 
 
 def validate(opt: ml_collections.ConfigDict) -> None:
-    validation.require(opt.lr > 0, "opt.lr", "must be positive", opt.lr)
-    validation.require(opt.weight_decay >= 0, "opt.weight_decay", "must be >= 0",
-                       opt.weight_decay)
+    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    validation.require(finite(opt.lr) and opt.lr > 0, "opt.lr", "must be positive and finite",
+                       opt.lr)
+    validation.require(finite(opt.weight_decay) and opt.weight_decay >= 0, "opt.weight_decay",
+                       "must be >= 0 and finite", opt.weight_decay)
+    for field in ("b1", "b2"):  # Adam's moment decays
+        validation.require(finite(opt[field]) and 0 <= opt[field] < 1, f"opt.{field}",
+                           "must be in [0, 1)", opt[field])
+    validation.require(finite(opt.grad_clip) and opt.grad_clip >= 0, "opt.grad_clip",
+                       "must be >= 0 and finite (0: no clipping)", opt.grad_clip)
     validation.require(opt.warmup_steps >= 0, "opt.warmup_steps", "must be >= 0",
                        opt.warmup_steps)
     validation.require_choice(opt.schedule, SCHEDULES, "opt.schedule")

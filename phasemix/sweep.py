@@ -121,7 +121,10 @@ def apply_overrides(base: ml_collections.ConfigDict,
         try:
             node[leaf] = value
         except TypeError as e:
-            raise validation.ConfigError(f"sweep override {dotted}={value!r}: {e}") from e
+            reason = (f"must be of type {node.get_type(leaf).__name__}, not "
+                      f"{type(value).__name__}")
+            raise validation.ConfigError(f"sweep override {dotted}={value!r}: {e}", dotted,
+                                         value, reason) from e
     return config
 
 
@@ -173,8 +176,8 @@ def write_table(rows: Iterable[Mapping[str, Any]], path: pathlib.Path) -> None:
 def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a results table, with numbers parsed back (empty cells become None)."""
 
-    def parse(value: str) -> Any:
-        if value == "":
+    def parse(value: str | None) -> Any:
+        if value is None or value == "":  # None: a row shorter than the header
             return None
         for kind in (int, float):
             try:
@@ -337,30 +340,34 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
               sweep_dir: str | os.PathLike, run_fn: RunFn, validate_fn: ValidateFn | None = None,
               workers: int = 1, group_fn: GroupRunFn | None = None,
               shard: Shard | None = None,
-              grid_flags: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+              grid_flags: Mapping[str, str] | None = None,
+              base_flag: str = "") -> list[dict[str, Any]]:
     """Runs every override set not yet finished (of `shard`'s part only, if given) and returns
     the table's rows (grid order): every run finished so far, whichever shard ran it.
 
     Everything is checked before the first run starts: an empty grid, unknown fields, two
     runs that would share a folder, invalid configs (`validate_fn`), an unwritable folder.
     `grid_flags` maps an override's field to the sweep's flag its values come from (e.g.
-    'task.train_count' -> 'train_counts'), so that a bad value's error names that flag.
+    'task.train_count' -> 'train_counts'), so that a bad value's error names that flag;
+    `base_flag` is where the sweep's config holds `base` (e.g. 'base'), for the other fields.
     In a job of several processes the runs are trained by all of them, one after another.
     """
     if not overrides:
         raise validation.ConfigError("the sweep grid is empty: nothing to run")
+    validation.require(isinstance(workers, int) and workers >= 1, "workers",
+                       "must be a positive number of processes", workers)
     if workers > 1 and distributed.is_multi_process():
         validation.fail("workers", "must be 1 in a multi-process job, whose processes train "
                         "each run together; use --shard to spread runs over jobs", workers)
     sweep_dir = pathlib.Path(sweep_dir)
     runs = []
     for override in overrides:
-        config = apply_overrides(base, override)
-        if validate_fn is not None:
-            try:
+        try:
+            config = apply_overrides(base, override)
+            if validate_fn is not None:
                 validate_fn(config)
-            except validation.ConfigError as e:
-                raise _run_config_error(e, override, grid_flags or {}) from e
+        except validation.ConfigError as e:
+            raise _run_config_error(e, override, grid_flags or {}, base_flag) from e
         runs.append((run_name(override), dict(override), config))
     names = [name for name, _, _ in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -434,16 +441,26 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
 
 
 def _run_config_error(error: validation.ConfigError, override: Mapping[str, Any],
-                      grid_flags: Mapping[str, str]) -> validation.ConfigError:
-    """A run's invalid config, named by the sweep flag that set the value where there is one."""
-    flag = grid_flags.get(error.field) if error.field in override else None
-    if flag is None or error.reason is None:
-        return validation.ConfigError(f"run {run_name(override)}: {error}")
+                      grid_flags: Mapping[str, str], base_flag: str) -> validation.ConfigError:
+    """A run's invalid config, named by the flag a user would change: the sweep's flag that
+    set the value, else the base config's field (under `base_flag`)."""
+    run = run_name(override)
+    if error.reason is None or error.field is None:
+        return validation.ConfigError(f"run {run}: {error}")
+    if error.field not in override:
+        if not base_flag:
+            return validation.ConfigError(f"run {run}: {error}")
+        shown = "" if error.value is None else f"={error.value!r}"
+        return validation.ConfigError(f"--config.{base_flag}.{error.field}{shown}: "
+                                      f"{error.reason} (run {run})")
+    flag = grid_flags.get(error.field)
+    if flag is None:
+        return validation.ConfigError(f"run {run}: {error}")
     value = override[error.field]
     hint = (f" (several strings are written --config.{flag}='(\"a\",\"b\")')"
             if isinstance(value, str) and "," in value else "")
-    return validation.ConfigError(f"--config.{flag}: the value {value!r} "
-                                  f"(run {run_name(override)}): {error.reason}{hint}")
+    return validation.ConfigError(f"--config.{flag}: the value {value!r} (run {run}): "
+                                  f"{error.reason}{hint}")
 
 
 def _say(line: str) -> None:

@@ -411,21 +411,31 @@ def _dates(day_N: np.ndarray, month_N: np.ndarray, year_N: np.ndarray) -> list[s
                                                            year_N.tolist())]
 
 
-def make(config: ml_collections.ConfigDict) -> SynBio:
-    """The SynBio dataset a `default_config()`-shaped config describes (fields checked)."""
-    seed = config.seed
+def _templates(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]:
     # A lone string is one template (tuple() would split it into characters).
-    templates = {a: (t,) if isinstance(t, str) else tuple(t)
-                 for a, t in config.templates.items()}
-    _check_templates(templates, config.pronouns)
+    return {a: (t,) if isinstance(t, str) else tuple(t) for a, t in config.templates.items()}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """The checks of a `default_config()`-shaped config that need none of the name lists."""
+    _check_templates(_templates(config), config.pronouns)
     validation.require(config.min_birth_year <= config.max_birth_year, "synbio.max_birth_year",
                        f"must be >= --config.synbio.min_birth_year={config.min_birth_year}",
                        config.max_birth_year)
     validation.require(config.popularity_exponent >= 0, "synbio.popularity_exponent",
                        "must be >= 0 (0 is uniform)", config.popularity_exponent)
-    census = census_first_names()
     validation.require(config.num_middle_names >= 1, "synbio.num_middle_names",
                        "must be positive", config.num_middle_names)
+    validation.require(config.num_people >= 1, "synbio.num_people", "must be positive",
+                       config.num_people)
+
+
+def make(config: ml_collections.ConfigDict) -> SynBio:
+    """The SynBio dataset a `default_config()`-shaped config describes (fields checked)."""
+    validate(config)
+    seed = config.seed
+    templates = _templates(config)
+    census = census_first_names()
     validation.require(
         config.num_first_names + config.num_middle_names <= len(census),
         "synbio.num_middle_names", f"first and middle names are drawn disjoint from the "
@@ -449,7 +459,6 @@ def make(config: ml_collections.ConfigDict) -> SynBio:
     n = config.num_people
     sizes = (len(first), len(middle), len(last))
     total = sizes[0] * sizes[1] * sizes[2]
-    validation.require(n >= 1, "synbio.num_people", "must be positive", n)
     validation.require(n <= total, "synbio.num_people",
                        f"exceeds the {total:,} distinct full names ({sizes[0]} first x "
                        f"{sizes[1]} middle x {sizes[2]} last)", n)

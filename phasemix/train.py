@@ -211,8 +211,7 @@ def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) ->
     ynnpack = config.get("xla_cpu_ynnpack", True)  # optional field
     validation.require(isinstance(ynnpack, bool), "xla_cpu_ynnpack", "must be True or False",
                        ynnpack)
-    validation.require(config.model.init_scale > 0, "model.init_scale", "must be positive",
-                       config.model.init_scale)
+    validation.require_positive(config, "model.init_scale")
     optimizer_lib.validate(config.opt)
 
 
@@ -403,9 +402,14 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
         start_step = starts.pop()
         programs = build_programs(config, task, mesh, num_runs if vectorized else None)
         eval_sets = {}
+        # Never pad past the largest evaluation set (a huge --config.eval_batch_size would
+        # only allocate zeros), still a multiple of the devices.
+        largest = max((len(next(iter(arrays.values()))) for t in tasks
+                       for arrays in t.eval_sets.values()), default=1)
+        devices = jax.device_count()
+        eval_batch = min(config.eval_batch_size, -(-largest // devices) * devices)
         for name in task.eval_sets:
-            padded = [batching.pad_and_stack(t.eval_sets[name], config.eval_batch_size)
-                      for t in tasks]
+            padded = [batching.pad_and_stack(t.eval_sets[name], eval_batch) for t in tasks]
             host = _stack(padded) if vectorized else padded[0]
             eval_sets[name] = sharding.put_global(host, mesh, batch_axis=programs.batch_axis + 1)
 

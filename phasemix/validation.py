@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any, Iterable
 
 
@@ -28,6 +30,13 @@ def require(condition: bool, field: str, message: str, value: Any = None) -> Non
         fail(field, message, value)
 
 
+def require_unique(config: Any, *fields: str) -> None:
+    """Each field (a sweep's list of values) repeats no value."""
+    for field in fields:
+        values = list(config[field])
+        require(len(set(values)) == len(values), field, "repeats a value", config[field])
+
+
 def require_choice(value: Any, choices: Iterable[Any], field: str) -> None:
     choices = list(choices)
     require(value in choices, field, f"must be one of {choices}", value)
@@ -39,21 +48,37 @@ def require_positive(config: Any, *fields: str) -> None:
         value = config
         for part in field.split("."):
             value = value[part]
-        require(value is not None and value > 0, field, "must be positive", value)
+        require(value is not None and value > 0 and math.isfinite(value), field,
+                "must be positive" if value is None or value <= 0 else "must be finite", value)
 
 
-def require_seeds(config: Any, prefix: str = "") -> None:
+def _leaves(config: Any, prefix: str = "") -> Iterable[tuple[str, str, Any]]:
+    """(dotted field, key, value) of every non-dict value of a nested config."""
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", key, value
+
+
+def require_seeds(config: Any) -> None:
     """Every field of `config` (nested) named seed, *_seed or seeds holds non-negative ints:
     NumPy's and JAX's generators take no negative seed, and would say so in a traceback."""
-    for key, value in config.items():
-        field = f"{prefix}{key}"
-        if hasattr(value, "items"):
-            require_seeds(value, f"{field}.")
-        elif key == "seed" or key.endswith("_seed") or key == "seeds":
+    for field, key, value in _leaves(config):
+        if key == "seed" or key.endswith("_seed") or key == "seeds":
             values = value if key == "seeds" and isinstance(value, (tuple, list)) else [value]
             ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
             require(ok, field, "must be non-negative integers" if key == "seeds"
                     else "must be a non-negative integer", value)
+
+
+def require_cache_dirs(config: Any) -> None:
+    """Every field named cache_dir (nested) is unset, absent (it will be made) or a folder."""
+    for field, key, value in _leaves(config):
+        if key == "cache_dir" and value:
+            path = os.path.expanduser(str(value))
+            require(not os.path.exists(path) or os.path.isdir(path), field,
+                    "is a file, not a folder", value)
 
 
 def fail_flag(flag: str, message: str, value: Any = None) -> None:

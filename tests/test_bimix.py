@@ -24,6 +24,12 @@ from phasemix import run_io, sweep, validation
     ("step_cut", 8, r"^--config\.step_cut=8: .*>= 1 after it"),
     ("min_weight", 0.6, r"^--config\.min_weight=0\.6"),
     ("base.model.preset", "huge", r"^--config\.base\.model\.preset='huge'"),
+    ("base.mixture", ("(nan,0.5)",), r"^--config\.base\.mixture=.*must be numbers, one share "
+                                     r"per domain \(2\)"),
+    ("base.mixture", (float("nan"), 0.5), r"^--config\.base\.mixture=.*not finite"),
+    ("laws", ("bimix", "bimix"), r"^--config\.laws=.*repeats a value"),
+    ("dirichlet_alpha", float("inf"), r"^--config\.dirichlet_alpha=inf: must be finite"),
+    ("fit.tol", -1.0, r"^--config\.fit\.tol=-1\.0"),
 ])
 def test_bad_configs_name_the_flag(field, value, match):
     config = bimix.get_config("smoke")

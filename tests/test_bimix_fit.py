@@ -97,7 +97,7 @@ def test_group_loss_is_the_weighted_mean_renormalised_within_the_group(tmp_path)
 
 
 @pytest.mark.parametrize("mix,match", [("0.5,0.25,0.0,0.125,0.1249", "does not sum to 1"),
-                                       ("0.5,0.5,-0.125,0.0,0.125", "negative weight")])
+                                       ("0.5,0.5,-0.125,0.0,0.125", "negative or non-finite weight")])
 def test_a_bad_mixture_names_the_file_and_line(tmp_path, mix, match):
     lines = rows_for("70M", 0, MIX_A, 1000, {"ArXiv": 3.0}) + rows_for("70M", 1, mix, 1000,
                                                                        {"ArXiv": 3.0})
@@ -121,6 +121,33 @@ def test_other_bad_curves(tmp_path):
     (tmp_path / "bad.csv").write_text("model,step,loss\n70M,1,2\n")
     with pytest.raises(validation.ConfigError, match="missing columns"):
         bimix_fit.load_curves(tmp_path / "bad.csv")
+    path = write_curves(tmp_path, [])
+    with pytest.raises(validation.ConfigError, match="has no rows after its header"):
+        bimix_fit.load_curves(path)
+    path = write_curves(tmp_path, ["70M,0,0.5,0.25"])
+    with pytest.raises(validation.ConfigError, match="line 2: has fewer fields than the header"):
+        bimix_fit.load_curves(path)
+    path = write_curves(tmp_path, rows_for("70M", 0, "nan,0.25,0.0,0.125,0.125", 1000,
+                                           {"ArXiv": 3.0}))
+    with pytest.raises(validation.ConfigError, match="line 2: .*negative or non-finite"):
+        bimix_fit.load_curves(path)
+    (tmp_path / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(validation.ConfigError, match="binary.csv: not a UTF-8 CSV"):
+        bimix_fit.load_curves(tmp_path / "binary.csv")
+    with pytest.raises(validation.ConfigError, match=f"--curves={tmp_path}: not a file"):
+        bimix_fit.load_curves(tmp_path)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("not json", "not a JSON file of weights"), ("[1, 2]", "must map each sub-domain"),
+    ('{"ArXiv": 1}', "no weight for"), (None, "the weights of academic .* must be numbers >= 0")])
+def test_bad_weights_files_name_the_flag(tmp_path, text, match):
+    path = write_curves(tmp_path, rows_for("70M", 0, MIX_A, 1000, {"ArXiv": 3.0}))
+    members = [m for group in bimix_fit.GROUPS.values() for m in group]
+    weights = tmp_path / "weights.json"
+    weights.write_text(text if text is not None else json.dumps(dict.fromkeys(members, 0)))
+    with pytest.raises(validation.ConfigError, match=f"--valid_weights={weights}: {match}"):
+        bimix_fit.load_curves(path, weights)
 
 
 @pytest.mark.parametrize("field,value", [
@@ -128,7 +155,8 @@ def test_other_bad_curves(tmp_path):
     ("zero_shares", ("impute",)), ("step_cut", 40000), ("fit.num_starts", 0),
     ("opt.domain_weights", (0.2, 0.2, 0.2, 0.2, 0.3)),
     ("opt.domain_weights", (0.5, 0.5, 0.2, 0.0, -0.2)), ("opt.min_weight", 0.0),
-    ("epsilon", 0.0)])
+    ("epsilon", 0.0), ("models", ("305M", "305M")), ("laws", ("bimix", "bimix")),
+    ("opt.domain_weights", ("abc",))])
 def test_bad_config_names_the_flag_before_anything_is_written(tmp_path, field, value):
     config = bimix_fit.get_config("smoke")
     parent, _, leaf = field.rpartition(".")

@@ -52,7 +52,8 @@ def test_query_rows_score_exactly_the_value_tokens(small):
     scored = arrays["targets"][0][arrays["loss_mask"][0] == 1]
     np.testing.assert_array_equal(scored, tok.token_ids(query.value))
     assert arrays["inputs"][0, 0] == knowledge.SEPARATOR
-    with pytest.raises(ValueError, match="seq_len"):
+    with pytest.raises(validation.ConfigError, match=r"--config.seq_len=4: is shorter than a "
+                       r"biography query \(\d+ tokens\)"):
         knowledge.query_arrays(tok, [query], seq_len=4)
 
 
@@ -117,6 +118,8 @@ def test_threshold_exposures_where_half_the_answers_are_right(tmp_path):
     ("mix.keep_fraction", 0.0, "mix.keep_fraction"),
     ("mix.compact_fraction", 1.0, "mix.compact_fraction"),
     ("model.preset", "gigantic", "model.preset"),
+    ("synbio.num_people", 0, "synbio.num_people=0: must be positive"),
+    ("synbio.popularity_exponent", -1.0, "synbio.popularity_exponent=-1.0"),
 ])
 def test_bad_config_names_the_flag(field, value, flag):
     config = knowledge_mixing.get_config("smoke")

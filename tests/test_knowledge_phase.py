@@ -42,11 +42,26 @@ def test_every_mode_builds_its_grid():
     ("mode", "bogus", "mode"), ("ratios", (0.0, 0.5), "ratios"),
     ("level", 1.0, "level"), ("keep_fractions", (1.5,), "keep_fractions"),
     ("param_count", "flops", "param_count"), ("web_sweep", "/nonexistent", "web_sweep"),
+    ("steps_multipliers", (1.5,), r"steps_multipliers=\(1.5,\): must be integers"),
 ])
 def test_bad_config_names_the_flag(field, value, flag):
     config = knowledge_phase.get_config("smoke")
     config[field] = value
     with pytest.raises(validation.ConfigError, match=flag):
+        knowledge_phase.validate(config)
+
+
+@pytest.mark.parametrize("table,match", [
+    ("hello,world\n1,2\nnot a table\n", "is not the table of a :web sweep"),
+    ("model.preset,seed\n", "has no runs"),
+    (b"\xcc\xff\x00", "cannot read"),
+])
+def test_a_web_sweep_that_is_not_one_is_refused_before_training(tmp_path, table, match):
+    config = knowledge_phase.get_config("smoke")
+    config.web_sweep = str(tmp_path)
+    path = tmp_path / sweep.RESULTS_FILE
+    path.write_bytes(table) if isinstance(table, bytes) else path.write_text(table)
+    with pytest.raises(validation.ConfigError, match=f"^--config.web_sweep=.*{match}"):
         knowledge_phase.validate(config)
 
 

@@ -55,7 +55,8 @@ def test_yelp_offline_is_named_as_a_stand_in(tmp_path):
 @pytest.mark.parametrize("field,value", [("dataset", "sst2"), ("source", "hub"),
                                          ("train_fraction", 0.0), ("train_fraction", 1.5),
                                          ("test_fraction", 1.0), ("vocab_size", 3),
-                                         ("max_len", 1), ("generalized_at", 0.0)])
+                                         ("max_len", 1), ("generalized_at", 0.0),
+                                         ("limit", 0), ("limit", -5)])
 def test_bad_task_names_the_flag_before_anything_is_written(tmp_path, field, value):
     with pytest.raises(validation.ConfigError, match=f"--config.task.{field}"):
         sentiment_grokking.run(smoke(tmp_path, **{field: value}), str(tmp_path / "run"))

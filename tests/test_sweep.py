@@ -305,14 +305,37 @@ def test_a_bad_grid_value_names_the_sweep_flag_it_came_from(tmp_path):
                        r"\(run task.train_count=20000,seed=0\): must be in \[1, 528\]"):
         critical_data_size.run(config, str(tmp_path))
     assert not (tmp_path / "runs").exists()
-    # A field the grid does not set keeps the run's own flag.
-    config = critical_data_size.get_config("smoke")
-    config.base.task.p = 1
-    with pytest.raises(validation.ConfigError, match=r"^run task.train_count=100,seed=0: "
-                       r"--config.task.p=1"):
-        critical_data_size.run(config, str(tmp_path))
     # A comma inside one string value: the tuple syntax is shown.
     with pytest.raises(validation.ConfigError, match=r"^--config.ops: the value 'add,sub' .*"
                        r"must be one of .*several strings are written --config.ops='\("):
         sweep.run_sweep(grokking.get_config("smoke"), [{"task.op": "add,sub"}], tmp_path / "s",
                         fake_run, validate_fn=grokking.validate, grid_flags={"task.op": "ops"})
+
+
+def test_sweep_errors_name_the_base_flag_the_grid_flag_or_the_workers(tmp_path):
+    config = critical_data_size.get_config("smoke")
+    config.base.task.p = 1  # set under --config.base, not by the grid
+    with pytest.raises(validation.ConfigError, match=r"^--config.base.task.p=1: .* \(run "
+                       r"task.train_count=100,seed=0\)$"):
+        critical_data_size.run(config, str(tmp_path))
+    config = critical_data_size.get_config("smoke")
+    config.train_counts = (100, "abc")  # a member of the wrong type
+    with pytest.raises(validation.ConfigError, match=r"^--config.train_counts: the value 'abc' "
+                       r".*must be of type int, not str"):
+        critical_data_size.run(config, str(tmp_path))
+    config = critical_data_size.get_config("model_smoke")
+    config.widths = (16, 30)  # 4 heads
+    with pytest.raises(validation.ConfigError, match=r"^--config.widths=\(16, 30\): each width "
+                       r"must be a multiple of the 4 heads"):
+        critical_data_size.run(config, str(tmp_path))
+    config = critical_data_size.get_config("smoke")
+    config.workers = 0
+    with pytest.raises(validation.ConfigError, match=r"^--config.workers=0: must be positive|"
+                       r"^--config.workers=0: must be a positive number"):
+        critical_data_size.run(config, str(tmp_path))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_table_row_shorter_than_its_header_reads_as_empty_cells(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,c\n1,x\n")
+    assert sweep.read_table(tmp_path / "t.csv") == [{"a": 1, "b": "x", "c": None}]

@@ -237,7 +237,10 @@ def test_tiny_modulus_groks(tmp_path):
 
 def test_bad_loop_config_fails_before_writing(smoke_config, tmp_path):
     for field, value in (("num_steps", 0), ("eval_every", -1), ("opt.lr", 0.0),
-                         ("model.init_scale", 0.0), ("model.d_model", 0)):
+                         ("opt.lr", float("inf")), ("opt.b1", 1.0), ("opt.b2", -0.1),
+                         ("opt.weight_decay", float("inf")), ("opt.grad_clip", -1.0),
+                         ("model.init_scale", 0.0), ("model.init_scale", float("inf")),
+                         ("model.d_model", 0)):
         config = grokking.get_config("smoke")
         section, _, name = field.rpartition(".")
         (config[section] if section else config)[name] = value
@@ -354,6 +357,43 @@ def test_every_seed_field_must_be_a_non_negative_integer():
         (bad[parent] if parent else bad)[leaf] = value
         with pytest.raises(validation.ConfigError, match=message):
             validation.require_seeds(bad)
+
+
+def test_a_cache_dir_that_is_a_file_is_refused_by_name(tmp_path):
+    (tmp_path / "file").write_text("")
+    validation.require_cache_dirs({"cache_dir": None, "task": {"cache_dir": str(tmp_path)},
+                                   "web": {"cache_dir": str(tmp_path / "new")}})  # all fine
+    with pytest.raises(validation.ConfigError, match=r"^--config.task.cache_dir=.*: is a file"):
+        validation.require_cache_dirs({"task": {"cache_dir": str(tmp_path / "file")}})
+
+
+def test_an_eval_batch_larger_than_every_set_pads_no_further(tmp_path, monkeypatch):
+    """A huge --config.eval_batch_size evaluates the same as one that fits; it used to pad
+    every set to eval_batch_size rows (out of memory at 10^9)."""
+    from phasemix import batching
+
+    padded_to = []
+
+    def recording_pad_and_stack(arrays, batch_size):
+        padded_to.append((len(next(iter(arrays.values()))), batch_size))
+        return pad_and_stack(arrays, batch_size)
+
+    pad_and_stack = batching.pad_and_stack
+    monkeypatch.setattr(batching, "pad_and_stack", recording_pad_and_stack)
+    for name, eval_batch_size in (("fits", 128), ("huge", 10**9)):
+        config = grokking.get_config("smoke")
+        config.num_steps, config.eval_every, config.eval_batch_size = 20, 10, eval_batch_size
+        summary = grokking.run(config, str(tmp_path / name))
+    largest = max(rows for rows, _ in padded_to)
+    assert largest > 128  # so the first run evaluated in several batches
+    assert max(size for _, size in padded_to) == largest
+    metrics = [[{k: v for k, v in r.items() if k != "elapsed_seconds"}
+                for r in run_io.read_metrics(tmp_path / name)] for name in ("fits", "huge")]
+    for fits, huge in zip(*metrics):
+        assert fits.keys() == huge.keys()
+        for key in fits:  # summation order differs with the batch count: rounding only
+            assert huge[key] == pytest.approx(fits[key], rel=1e-5, abs=1e-6), key
+    assert summary["recompilations"] == 0
 
 
 def test_vmapped_seeds_match_separate_runs(smoke_config, tmp_path):
