@@ -330,8 +330,9 @@ def test_checkpoint_errors_keep_the_gist_of_orbax_errors():
     (["--config=experiments/no_such_file.py"], "error: --config: could not load"),
     (["--config.batch_size=0"], "error: --config.batch_size=0: must be positive"),
     (["--config.seed=-1"], "error: --config.seed=-1: must be a non-negative integer"),
+    (["--xla_cache=README.md"], "error: --xla_cache=README.md: is a file, not a folder"),
 ], ids=["bad value", "unknown variant", "misspelt field", "missing nested field", "no file",
-        "zero batch", "negative seed"])
+        "zero batch", "negative seed", "cache is a file"])
 def test_cli_reports_bad_flag_in_one_line_without_traceback(tmp_path, flags, message):
     config = [] if flags[0].startswith("--config=") else ["--config=experiments/grokking.py:smoke"]
     proc = subprocess.run(
