@@ -38,6 +38,16 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
+_TEMPORARY_SUFFIX = ".tmp"  # of `_write_atomic`'s files: .<name>.<random>.tmp
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Deletes the temporary files a killed writer left in `folder` (call it only where no
+    other process is writing: a run's own workdir at its start)."""
+    for stale in pathlib.Path(folder).glob(f".*{_TEMPORARY_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+
+
 def _write_atomic(path: str | os.PathLike, mode: str, write: Any) -> None:
     """`write(file)` into a temporary file beside `path`, then renames it over `path`, with the
     permissions a plain open() would give (tempfile's are owner-only, unreadable to the other
@@ -45,7 +55,7 @@ def _write_atomic(path: str | os.PathLike, mode: str, write: Any) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.",
-                                     delete=False) as tmp:
+                                     suffix=_TEMPORARY_SUFFIX, delete=False) as tmp:
         write(tmp)
         tmp.flush()
         os.fsync(tmp.fileno())
@@ -118,6 +128,7 @@ def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDic
     that check passes.
     """
     workdir = check_workdir(workdir, config)
+    remove_stale_temporaries(workdir)  # a killed run's; this run is the folder's one writer
     write_config(workdir, config)
     return workdir
 
@@ -194,8 +205,9 @@ class MetricsWriter:
         self._path = self._workdir / METRICS_FILE
         # Rows past the checkpoint a run resumes from were made by the killed process; the
         # resumed run will log those steps again.
-        kept = [r for r in read_metrics(self._workdir) if r["step"] <= resume_step]
-        self._rewrite(kept)
+        # From step 0 (no checkpoint) none is kept: the run logs step 0 again.
+        found = read_metrics(self._workdir)
+        self._rewrite([r for r in found if resume_step and r["step"] <= resume_step])
         self._file = open(self._path, "a")
         self._tensorboard, self._resume_step = tensorboard, resume_step
         self._tb = None  # opened at the first row: a finished run's rerun adds no events file
@@ -211,8 +223,10 @@ class MetricsWriter:
         self._file.write(json.dumps(row, default=_to_builtin, sort_keys=True) + "\n")
         self._file.flush()
         if self._tensorboard and self._tb is None:
-            self._tb = _summary_writer_class()(str(self._workdir / TENSORBOARD_DIR), purge_step=(
-                self._resume_step + 1 if self._resume_step else None))
+            # TensorBoard drops the killed run's events from this step on.
+            self._tb = _summary_writer_class()(str(self._workdir / TENSORBOARD_DIR),
+                                               purge_step=self._resume_step + 1
+                                               if self._resume_step else 0)
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)):

@@ -140,10 +140,12 @@ def _finished(workdir: pathlib.Path,
         return None
     if summary.get("final_step") != config.get("num_steps"):
         return None
-    try:  # absent for runs finished before the sweep recorded it
+    # Written by the sweep once the run has returned: a summary alone may be one the run
+    # writes before its last outputs (a run killed then is run again, and trains nothing).
+    try:
         seconds = run_io.read_json(workdir / RUN_SECONDS_FILE)["run_seconds"]
     except (OSError, ValueError, KeyError):
-        seconds = None
+        return None
     return summary, seconds
 
 

@@ -315,6 +315,7 @@ class _Run:
         self.workdir = run_io.check_workdir(workdir, config)
         distributed.barrier("workdir_checked")
         if distributed.is_primary():
+            run_io.remove_stale_temporaries(self.workdir)  # a killed run's
             run_io.write_config(self.workdir, config)
         distributed.barrier("workdir_written")
         self.checkpointer = checkpointing.Checkpointer(self.workdir / run_io.CHECKPOINT_DIR)
@@ -488,9 +489,10 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                     save(done)
                 preempted = (multihost_utils.reached_preemption_sync_point(done)
                              if multi_process else sigterm.raised)
-                if preempted and done < config.num_steps:
-                    if done % config.checkpoint_every:  # else saved just above
-                        save(done)
+                # At the last step too: the run is saved, but a sweep must not start the next.
+                if preempted:
+                    if done % config.checkpoint_every and done < config.num_steps:
+                        save(done)  # else saved just above
                     for run in runs:
                         run.checkpointer.wait()
                     logging.warning("SIGTERM: saved step %d; re-run the same command to resume.",

@@ -241,6 +241,12 @@ def test_rerun_skips_finished_runs_and_table_has_config_and_summary(tmp_path):
     rows = sweep.run_sweep(base, sweep.grid({"seed": [0, 1, 2]}), tmp_path, fake_run)
     assert (tmp_path / "calls.txt").read_text().split() == ["0", "1", "1", "2"]
     assert [r["run"] for r in rows] == ["seed=0", "seed=1", "seed=2"]
+    # A summary is not enough: a run killed after writing one but before the sweep recorded
+    # it (its last outputs may be missing) is run again.
+    (tmp_path / "runs" / "seed=2" / sweep.RUN_SECONDS_FILE).unlink()
+    rows = sweep.run_sweep(base, sweep.grid({"seed": [0, 1, 2]}), tmp_path, fake_run)
+    assert (tmp_path / "calls.txt").read_text().split() == ["0", "1", "1", "2", "2"]
+    assert all(r["run_seconds"] is not None for r in rows)
     table = sweep.read_table(tmp_path / "results.csv")
     assert [r["double_seed"] for r in table] == [0, 2, 4]
     assert table[0]["task.p"] == base.task.p and table[2]["sweep.seed"] == 2

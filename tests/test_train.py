@@ -160,10 +160,39 @@ def test_killed_run_resumes_to_identical_numbers(smoke_config, tmp_path):
     assert {k: v for k, v in resumed.items() if k != "wall_seconds"} == {
         k: v for k, v in full.items() if k != "wall_seconds"}
     assert resumed["recompilations"] == full["recompilations"] == 0
+    # SIGTERM during the last step: saved, and still a stop (a sweep must not start its next
+    # run); the rerun trains nothing and writes the outputs.
+    last = smoke_config.num_steps
+    killed = dataclasses.replace(
+        task, train_batches=grain.MapDataset.source(SigtermAt(task.train_batches, at=last - 1)))
+    with pytest.raises(train.Preempted) as stop:
+        train.train_and_evaluate(smoke_config, str(tmp_path / "last"), killed)
+    assert stop.value.step == last and not (tmp_path / "last" / "summary.json").exists()
+    finished = grokking.run(smoke_config, str(tmp_path / "last"))
+    assert finished["final_test_accuracy"] == full["final_test_accuracy"]
+    assert comparable(run_io.read_metrics(tmp_path / "last")) == comparable(
+        run_io.read_metrics(tmp_path / "full"))
+
+
+def test_a_run_killed_before_its_first_checkpoint_logs_step_0_once(tmp_path):
+    rows = [{"step": 0, "x": 1.0}, {"step": 10, "x": 2.0}]
+    (tmp_path / run_io.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    writer = run_io.MetricsWriter(tmp_path, resume_step=10, tensorboard=False)
+    writer.close()
+    assert run_io.read_metrics(tmp_path) == rows  # resumed from step 10: both kept
+    writer = run_io.MetricsWriter(tmp_path, resume_step=0, tensorboard=False)
+    writer.write({"step": 0, "x": 1.0})  # no checkpoint: the run starts over and logs step 0
+    writer.close()
+    assert run_io.read_metrics(tmp_path) == rows[:1]
 
 
 def test_run_writes_the_output_contract_and_loss_falls(smoke_config, tmp_path):
+    stale = tmp_path / ".summary.json.k1ll3d.tmp"  # left by a writer killed mid-write
+    tmp_path.mkdir(exist_ok=True)
+    stale.write_text("{")
     summary = grokking.run(smoke_config, str(tmp_path))
+    assert not stale.exists()
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary left
     for name in ("config.json", "metrics.jsonl", "summary.json", "curves.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -259,6 +288,7 @@ def test_workdir_from_before_the_execution_fields_still_resumes(smoke_config, tm
         del older[field]
     run_io.write_json_atomic(tmp_path / "config.json", older)
     run_io.write_json_atomic(tmp_path / "summary.json", {"final_step": smoke_config.num_steps})
+    run_io.write_json_atomic(tmp_path / sweep.RUN_SECONDS_FILE, {"run_seconds": 1.0})
     smoke_config.micro_batches = 2
     smoke_config.xla_cpu_ynnpack = not smoke_config.xla_cpu_ynnpack
     assert run_io.check_workdir(tmp_path, smoke_config) == tmp_path
