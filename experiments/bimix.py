@@ -232,8 +232,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                            f"of the {law} law with {num_domains} domains; use >= {needed}",
                            config.num_proxies)
     validation.require_positive(config, "dirichlet_alpha")
-    validation.require(len(config.seeds) > 0 and len(set(config.seeds)) == len(config.seeds),
-                       "seeds", "needs at least one seed, none repeated", config.seeds)
+    validation.require(len(config.seeds) > 0, "seeds", "needs at least one seed", config.seeds)
+    validation.require_unique(config, "seeds")
     steps = eval_steps(config)
     fit_steps = [s for s in steps if s <= config.step_cut]
     validation.require(len(fit_steps) >= 3 and len(fit_steps) < len(steps), "step_cut",

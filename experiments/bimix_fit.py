@@ -188,12 +188,12 @@ def read_group_weights(path: str | pathlib.Path) -> dict[str, float]:
         if missing:
             raise validation.ConfigError(f"--valid_weights={path}: no weight for {missing}")
         values = [raw[m] for m in members]
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
-                   for v in values) or sum(values) <= 0:
+        if not all(validation.is_finite_number(v) and v >= 0 for v in values) or sum(values) <= 0:
             raise validation.ConfigError(f"--valid_weights={path}: the weights of {group} "
                                          f"{dict(zip(members, values))} must be numbers >= 0 "
                                          "with a positive sum")
-        out.update({m: raw[m] / sum(values) for m in members})
+        total = sum(values)
+        out.update({m: raw[m] / total for m in members})
     return out
 
 

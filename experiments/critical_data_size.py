@@ -144,8 +144,7 @@ def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
                                          else ()):
         validation.require(len(config[field]) > 0, field, "the sweep needs at least one value",
                            config[field])
-        validation.require(len(set(config[field])) == len(config[field]), field,
-                           "repeats a value", config[field])
+        validation.require_unique(config, field)
     if config.mode == "model":
         heads = config.base.model.num_heads
         validation.require(all(w % heads == 0 for w in config.widths), "widths",

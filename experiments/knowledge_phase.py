@@ -251,10 +251,10 @@ def load_knapsack(config: ml_collections.ConfigDict) -> tuple[capacity.WebLaw, d
               "tokens_per_bio")
     try:
         rows = sweep.read_table(path)
-        missing = [k for k in needed if not rows or k not in rows[0]]
+        validation.require(bool(rows), "web_sweep", f"{path} has no runs", config.web_sweep)
+        missing = [k for k in needed if k not in rows[0]]
         validation.require(not missing, "web_sweep", f"{path} is not the table of a :web sweep "
-                           f"(it lacks {missing})" if rows else f"{path} has no runs",
-                           config.web_sweep)
+                           f"(it lacks {missing})", config.web_sweep)
         points = per_point(rows, ("model.preset",))
         validation.require(all(isinstance(p[k], (int, float)) for p in points
                                for k in (config.param_count, "web_val_loss")), "web_sweep",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 import optax
 
@@ -42,7 +40,7 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Grad
 
 
 def validate(opt: ml_collections.ConfigDict) -> None:
-    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    finite = validation.is_finite_number
     validation.require(finite(opt.lr) and opt.lr > 0, "opt.lr", "must be positive and finite",
                        opt.lr)
     validation.require(finite(opt.weight_decay) and opt.weight_decay >= 0, "opt.weight_decay",

@@ -206,8 +206,9 @@ class MetricsWriter:
         # Rows past the checkpoint a run resumes from were made by the killed process; the
         # resumed run will log those steps again.
         # From step 0 (no checkpoint) none is kept: the run logs step 0 again.
-        found = read_metrics(self._workdir)
-        self._rewrite([r for r in found if resume_step and r["step"] <= resume_step])
+        kept = ([r for r in read_metrics(self._workdir) if r["step"] <= resume_step]
+                if resume_step else [])
+        self._rewrite(kept)
         self._file = open(self._path, "a")
         self._tensorboard, self._resume_step = tensorboard, resume_step
         self._tb = None  # opened at the first row: a finished run's rerun adds no events file

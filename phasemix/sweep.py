@@ -446,23 +446,18 @@ def _run_config_error(error: validation.ConfigError, override: Mapping[str, Any]
                       grid_flags: Mapping[str, str], base_flag: str) -> validation.ConfigError:
     """A run's invalid config, named by the flag a user would change: the sweep's flag that
     set the value, else the base config's field (under `base_flag`)."""
-    run = run_name(override)
-    if error.reason is None or error.field is None:
-        return validation.ConfigError(f"run {run}: {error}")
-    if error.field not in override:
-        if not base_flag:
-            return validation.ConfigError(f"run {run}: {error}")
+    run, field = run_name(override), error.field
+    if error.reason is not None and field in override and field in grid_flags:
+        flag, value = grid_flags[field], override[field]
+        hint = (f" (several strings are written --config.{flag}='(\"a\",\"b\")')"
+                if isinstance(value, str) and "," in value else "")
+        return validation.ConfigError(f"--config.{flag}: the value {value!r} (run {run}): "
+                                      f"{error.reason}{hint}")
+    if error.reason is not None and field is not None and field not in override and base_flag:
         shown = "" if error.value is None else f"={error.value!r}"
-        return validation.ConfigError(f"--config.{base_flag}.{error.field}{shown}: "
-                                      f"{error.reason} (run {run})")
-    flag = grid_flags.get(error.field)
-    if flag is None:
-        return validation.ConfigError(f"run {run}: {error}")
-    value = override[error.field]
-    hint = (f" (several strings are written --config.{flag}='(\"a\",\"b\")')"
-            if isinstance(value, str) and "," in value else "")
-    return validation.ConfigError(f"--config.{flag}: the value {value!r} (run {run}): "
-                                  f"{error.reason}{hint}")
+        return validation.ConfigError(f"--config.{base_flag}.{field}{shown}: {error.reason} "
+                                      f"(run {run})")
+    return validation.ConfigError(f"run {run}: {error}")
 
 
 def _say(line: str) -> None:

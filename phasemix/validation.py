@@ -42,6 +42,12 @@ def require_choice(value: Any, choices: Iterable[Any], field: str) -> None:
     require(value in choices, field, f"must be one of {choices}", value)
 
 
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def require_positive(config: Any, *fields: str) -> None:
     """Each dotted field of `config` must be > 0."""
     for field in fields:
