@@ -76,8 +76,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     base.eval_every = 25
     base.checkpoint_every = 1000
     config.base = base
+    # Only the study's own size flag exists, so that the other study's is an unknown flag, not
+    # a silent no-op (the sentiment variants swap it for train_fractions).
     config.train_counts = (300, 450, 600, 750, 900, 1100, 1400, 1800)  # of 2,209 pairs
-    config.train_fractions = (0.05, 0.1, 0.25, 0.5, 1.0)  # sentiment: of the train split
     config.seeds = (0, 1, 2)
     config.widths = (16, 32, 64, 128)  # model mode: d_model (d_mlp = 4 x width, 4 heads)
     config.depths = (1,)  # model mode: num_layers
@@ -104,9 +105,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.base = sentiment_grokking.get_config("smoke" if variant == "sentiment_smoke"
                                                     else "")
         config.workers = 1  # one run already keeps both cores busy at this size
+        del config.train_counts
         # One seed: each run is ~23 min on a 2-core CPU (5 runs ~2 h); add seeds on bigger
         # machines. 0.25 is the single-run default, so the sweep includes it.
-        config.train_fractions = (0.05, 0.1, 0.25, 0.5, 1.0)
+        config.train_fractions = (0.05, 0.1, 0.25, 0.5, 1.0)  # of the train split
         config.seeds = (0,)
         if variant == "sentiment_model":
             config.mode = "model"

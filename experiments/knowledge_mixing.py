@@ -103,6 +103,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        "must be in (0, 1]", config.mix.keep_fraction)
     validation.require(0 <= config.mix.compact_fraction < 1, "mix.compact_fraction",
                        "must be in [0, 1)", config.mix.compact_fraction)
+    if config.ratio == 0:  # no SynBio tokens: a mitigation would silently change nothing
+        for field, off in (("keep_fraction", 1.0), ("compact_fraction", 0.0)):
+            validation.require(config.mix[field] == off, f"mix.{field}",
+                               f"has no effect at --config.ratio=0 (web text alone): leave it "
+                               f"at {off:g}", config.mix[field])
     validation.require_positive(config, "seq_len", "eval_people", "final_eval_people",
                                 "eval_web_windows")
     presets.model_fields(config.model.preset)

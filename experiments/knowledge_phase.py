@@ -126,6 +126,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        "must be in (0, 1)", config.keep_fractions)
     validation.require(all(0 < c < 1 for c in config.compact_fractions), "compact_fractions",
                        "must be in (0, 1)", config.compact_fractions)
+    if config.mode == "mitigation":
+        validation.require(len(config.keep_fractions) + len(config.compact_fractions) > 0,
+                           "keep_fractions", "is empty and so is --config.compact_fractions: the "
+                           "mitigation sweep needs at least one mitigation to compare",
+                           config.keep_fractions)
     if config.mode in ("size", "web", "frequency"):
         validation.require(len(set(config.presets)) >= (3 if config.mode == "web" else 1),
                            "presets", "the web law has 3 parameters: it needs >= 3 sizes",

@@ -127,3 +127,14 @@ def test_bad_config_names_the_flag(field, value, flag):
     (config[section] if section else config)[name] = value
     with pytest.raises(validation.ConfigError, match=flag):
         knowledge_mixing.validate(config)
+
+
+@pytest.mark.parametrize("field,value", [("keep_fraction", 0.5), ("compact_fraction", 0.1)])
+def test_a_mitigation_without_synbio_is_refused_not_ignored(field, value):
+    config = knowledge_mixing.get_config("smoke")
+    config.ratio = 0.0
+    knowledge_mixing.validate(config)  # web text alone is a legal run
+    config.mix[field] = value
+    with pytest.raises(validation.ConfigError, match=rf"^--config.mix.{field}={value}: has no "
+                       r"effect at --config.ratio=0"):
+        knowledge_mixing.validate(config)

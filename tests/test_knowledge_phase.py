@@ -51,6 +51,16 @@ def test_bad_config_names_the_flag(field, value, flag):
         knowledge_phase.validate(config)
 
 
+def test_a_mitigation_sweep_without_mitigations_is_refused():
+    config = knowledge_phase.get_config("mitigation_smoke")
+    config.keep_fractions = ()
+    knowledge_phase.validate(config)  # compact tuples alone are a legal comparison
+    config.compact_fractions = ()
+    with pytest.raises(validation.ConfigError, match=r"^--config.keep_fractions=\(\): is empty and "
+                       "so is --config.compact_fractions"):
+        knowledge_phase.validate(config)
+
+
 @pytest.mark.parametrize("table,match", [
     ("hello,world\n1,2\nnot a table\n", "is not the table of a :web sweep"),
     ("model.preset,seed\n", "has no runs"),

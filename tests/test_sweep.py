@@ -297,6 +297,9 @@ def test_bad_mode_and_empty_axis_name_the_flag():
     config.train_counts = (100, 100)
     with pytest.raises(validation.ConfigError, match=r"--config.train_counts=\(100, 100\): repeats"):
         critical_data_size.overrides(config)
+    # Each study's config has only its own size flag: the other one is an unknown flag.
+    assert "train_fractions" not in critical_data_size.get_config("smoke")
+    assert "train_counts" not in critical_data_size.get_config("sentiment_smoke")
     config = critical_data_size.get_config("smoke")
     config.study = "sentiment"  # without the sentiment variant's base config
     with pytest.raises(validation.ConfigError, match="--config.study='sentiment': needs a "
