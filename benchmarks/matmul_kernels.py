@@ -1,17 +1,21 @@
-"""XLA's matrix-product kernels against PyTorch's, on the products of a train step's dense layers.
+"""XLA's matrix-product kernels against PyTorch's and NumPy's (OpenBLAS), on the products of a
+train step's dense layers.
 
 For each dense layer of a `vs_pytorch` model, times the forward product X @ W and the backward
 ones dY @ W^T and X^T @ dY, jitted in JAX at the rows of one micro-batch slice (as the phasemix
-step runs them) and with `torch.mm` at the whole batch (as PyTorch's eager step runs them;
-transposes as views, as autograd passes them), alternately in this one process; ratios are
+step runs them), and with `torch.mm` and NumPy at the whole batch (as PyTorch's eager step runs
+them; transposes as views, as autograd passes them), alternately in this one process; times are
 medians over rounds. XLA compiles them with the model's compiler options (the grokking model's
 without YNNPACK, as its experiments run). JAX runs 16 products per call, each feeding the next
 through one elementwise add, so that the per-call dispatch cost does not count and XLA cannot
 hoist them. Attention's batched products are left out. It says how fast a train step can be
-relative to PyTorch's when both are bound by these products.
+relative to PyTorch's when both are bound by these products; with --step it also times
+PyTorch's whole step and says how much of a step 1.3x faster than it the products would take
+at the fastest of the three kernels (a bound that no implementation of the same FLOPs on this
+machine's BLAS kernels beats).
 Needs the `bench` extra:
   python -m benchmarks.matmul_kernels
-  python -m benchmarks.matmul_kernels --models=small_lm --batch_sizes=512 --rounds=7
+  python -m benchmarks.matmul_kernels --models=small_lm --batch_sizes=64,512 --rounds=7 --step
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.vs_pytorch import (_BATCH_SIZES, _MODELS, _ROUNDS, _SECONDS, BENCHES, Bench,
-                                   steps_per_second)
+                                   make_batch, steps_per_second, torch_step)
 from phasemix import compilation, train
 
 
@@ -56,6 +60,9 @@ def dense_products(bench: Bench, rows: int) -> dict[tuple[str, int, int, int, bo
     return products
 
 
+_STEP = flags.DEFINE_bool("step", False, "Also time PyTorch's whole train step, and say how much "
+                          "of a step TARGET_SPEEDUP times faster its products would fill.")
+TARGET_SPEEDUP = 1.3  # the performance issue's target over PyTorch eager
 PRODUCTS_PER_CALL = 16  # JAX repeats a product inside one call: no dispatch cost per product
 
 
@@ -98,11 +105,61 @@ def _torch_runner(m: int, k: int, n: int, transposed: bool):
     return run
 
 
+def _numpy_runner(m: int, k: int, n: int, transposed: bool):
+    """Runs a number of NumPy products (its bundled OpenBLAS; a transpose is a BLAS flag)."""
+    left, right = _operands(m, k, n, transposed)
+    left = left.T if transposed else left
+
+    def run(count):
+        for _ in range(count):
+            out = np.matmul(left, right)
+        return out
+
+    return run
+
+
+KERNELS = ("jax", "torch", "numpy")
+
+
+def time_products(bench: Bench, batch_size: int, options: dict[str, Any]
+                  ) -> list[tuple[str, tuple, tuple, int, dict[str, float]]]:
+    """(label, phasemix shape, whole-batch shape, times per step, {kernel: seconds per step})
+    for each dense product: XLA at one slice's rows, PyTorch and NumPy at the whole batch's."""
+    slices = train.auto_micro_batches(batch_size, bench.seq_len, 1)
+    out = []
+    for ((label, *jax_shape), count), ((_, *whole_shape), _) in zip(
+            dense_products(bench, batch_size // slices).items(),
+            dense_products(bench, batch_size).items()):
+        run_jax = _jax_runner(*jax_shape, options)
+        runners = {"jax": lambda n, run=run_jax: run(n * PRODUCTS_PER_CALL),
+                   "torch": _torch_runner(*whole_shape), "numpy": _numpy_runner(*whole_shape)}
+        for run in runners.values():
+            run(1)
+        rates = {key: [] for key in KERNELS}
+        for _ in range(_ROUNDS.value):  # alternated, so the VM's drifts hit every kernel alike
+            for key, run in runners.items():
+                rates[key].append(steps_per_second(run, _SECONDS.value)[0])
+        per_call = {"jax": count * slices / PRODUCTS_PER_CALL, "torch": count, "numpy": count}
+        seconds = {key: per_call[key] / statistics.median(rates[key]) for key in KERNELS}
+        out.append((label, tuple(jax_shape[:3]), tuple(whole_shape[:3]), count, seconds))
+    return out
+
+
+def torch_step_seconds(bench: Bench, batch_size: int) -> float:
+    """Seconds per PyTorch eager train step (median of the rounds)."""
+    step, _ = torch_step(bench, make_batch(bench, batch_size))
+    step()
+    return statistics.median(1 / steps_per_second(lambda n: [step() for _ in range(n)],
+                                                  _SECONDS.value)[0]
+                             for _ in range(_ROUNDS.value))
+
+
 def main(argv):
     del argv
     import torch
 
-    print(f"jax {jax.__version__}, torch {torch.__version__} with {torch.get_num_threads()} threads")
+    print(f"jax {jax.__version__}, torch {torch.__version__} with {torch.get_num_threads()} "
+          f"threads, numpy {np.__version__}")
     for name in _MODELS.value:
         bench = BENCHES[name]
         for batch_size in map(int, _BATCH_SIZES.value):
@@ -110,32 +167,32 @@ def main(argv):
             options = compilation.compiler_options(jax.devices()[0].platform,
                                                    bench.xla_cpu_ynnpack)
             print(f"\n{name}, batch {batch_size}: phasemix in {slices} slice(s) of "
-                  f"{batch_size // slices} rows, PyTorch in one")
-            print(f"{'product':<16} {'phasemix m x k x n':>20} {'PyTorch m x k x n':>20} "
-                  f"{'jax GFLOP/s':>12} {'torch GFLOP/s':>14} {'jax/torch':>10}")
-            seconds = {"jax": 0.0, "torch": 0.0}
-            for ((label, *jax_shape), count), ((_, *torch_shape), _) in zip(
-                    dense_products(bench, batch_size // slices).items(),
-                    dense_products(bench, batch_size).items()):
-                run_jax = _jax_runner(*jax_shape, options)
-                run_torch = _torch_runner(*torch_shape)
-                run_jax(PRODUCTS_PER_CALL)
-                run_torch(2)
-                rates = {"jax": [], "torch": []}
-                for _ in range(_ROUNDS.value):
-                    rates["jax"].append(steps_per_second(
-                        lambda n: run_jax(n * PRODUCTS_PER_CALL), _SECONDS.value)[0] * PRODUCTS_PER_CALL)
-                    rates["torch"].append(steps_per_second(run_torch, _SECONDS.value)[0])
-                jax_rate, torch_rate = (statistics.median(rates[key]) for key in ("jax", "torch"))
-                ratio = statistics.median(a / (slices * b) for a, b in zip(rates["jax"], rates["torch"]))
-                seconds["jax"] += count * slices / jax_rate
-                seconds["torch"] += count / torch_rate
-                flops = 2 * jax_shape[0] * jax_shape[1] * jax_shape[2]
-                print(f"{label:<16} {' x '.join(map(str, jax_shape[:3])):>20} "
-                      f"{' x '.join(map(str, torch_shape[:3])):>20} {flops * jax_rate / 1e9:>12.1f} "
-                      f"{flops * slices * torch_rate / 1e9:>14.1f} {ratio:>9.2f}x", flush=True)
-            print(f"all products of a step: XLA's kernels {seconds['torch'] / seconds['jax']:.2f}x "
-                  f"PyTorch's speed ({seconds['jax'] * 1e3:.1f} ms vs {seconds['torch'] * 1e3:.1f} ms)")
+                  f"{batch_size // slices} rows, PyTorch and NumPy in one")
+            print(f"{'product':<16} {'phasemix m x k x n':>20} {'whole m x k x n':>20} "
+                  f"{'jax GFLOP/s':>12} {'torch GFLOP/s':>14} {'numpy GFLOP/s':>14} "
+                  f"{'jax/torch':>10}")
+            rows = time_products(bench, batch_size, options)
+            totals = {key: sum(r[4][key] for r in rows) for key in KERNELS}
+            fastest = sum(min(r[4].values()) for r in rows)
+            for label, jax_shape, whole_shape, count, seconds in rows:
+                gflops = {key: count * 2 * np.prod(whole_shape) / seconds[key] / 1e9
+                          for key in KERNELS}
+                print(f"{label:<16} {' x '.join(map(str, jax_shape)):>20} "
+                      f"{' x '.join(map(str, whole_shape)):>20} {gflops['jax']:>12.1f} "
+                      f"{gflops['torch']:>14.1f} {gflops['numpy']:>14.1f} "
+                      f"{seconds['torch'] / seconds['jax']:>9.2f}x", flush=True)
+            print(f"all products of a step: XLA's kernels {totals['torch'] / totals['jax']:.2f}x "
+                  f"PyTorch's speed ({totals['jax'] * 1e3:.1f} ms vs {totals['torch'] * 1e3:.1f} "
+                  f"ms; NumPy's {totals['numpy'] * 1e3:.1f} ms); the fastest of the three for "
+                  f"each product: {fastest * 1e3:.1f} ms")
+            if _STEP.value:
+                step = torch_step_seconds(bench, batch_size)
+                target = step / TARGET_SPEEDUP
+                print(f"PyTorch's whole step {step * 1e3:.1f} ms, of which its products "
+                      f"{totals['torch'] * 1e3:.1f} ms and the rest {(step - totals['torch']) * 1e3:.1f}"
+                      f" ms; {TARGET_SPEEDUP}x its speed is {target * 1e3:.1f} ms per step: the "
+                      f"products alone at the fastest kernels take {fastest / target:.0%} of it, "
+                      f"leaving {(target - fastest) * 1e3:.1f} ms for everything else", flush=True)
 
 
 if __name__ == "__main__":

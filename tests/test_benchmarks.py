@@ -4,6 +4,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from benchmarks.common import matmul_flops
 
@@ -34,6 +35,18 @@ def test_kernel_benchmark_times_every_dense_product_of_the_step():
             step, state, device_batch), name
 
 
+def test_the_numpy_kernel_multiplies_the_shape_it_is_timed_at():
+    """m x k times k x n, with the left operand passed transposed (a view) for X^T dY."""
+    from benchmarks import matmul_kernels
+
+    for transposed in (False, True):
+        left, right = matmul_kernels._operands(3, 4, 5, transposed)
+        expected = (left.T if transposed else left) @ right
+        out = matmul_kernels._numpy_runner(3, 4, 5, transposed)(2)
+        assert out.shape == (3, 5)
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
 def test_ratios_are_per_round_and_the_spread_is_the_middle_half():
     from benchmarks import vs_pytorch
 
@@ -45,8 +58,6 @@ def test_ratios_are_per_round_and_the_spread_is_the_middle_half():
 
 def test_ynnpack_benchmark_compiles_one_computation_two_ways():
     """Its two steps differ in kernels, not in what they compute: same loss, same update."""
-    import numpy as np
-
     from benchmarks import vs_pytorch, ynnpack
     from experiments import critical_data_size
 
