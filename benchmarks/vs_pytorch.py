@@ -102,11 +102,14 @@ def make_batch(bench: Bench, batch_size: int, seed: int = 0) -> dict[str, np.nda
 def jax_step(bench: Bench, batch: dict[str, np.ndarray], micro_batches: int):
     opt_config = optimizer_lib.default_config()
     optimizer = optimizer_lib.make_optimizer(opt_config, 10_000)
-    model = model_lib.Transformer(bench.cfg)
+    platform = jax.devices()[0].platform
+    model = model_lib.Transformer(dataclasses.replace(  # as train.build_programs makes it
+        bench.cfg, transposed_kernel_grads=compilation.transposed_kernel_grads(
+            platform, bench.xla_cpu_ynnpack)))
     loss_fn = losses.classification_loss if bench.loss == "classify" else losses.masked_token_loss
     state = train.init_state(jax.random.key(0), tokens_BxL=jnp.asarray(batch["inputs"][:1]),
                              model=model, optimizer=optimizer, init_scale=1.0)
-    options = compilation.compiler_options(jax.devices()[0].platform, bench.xla_cpu_ynnpack)
+    options = compilation.compiler_options(platform, bench.xla_cpu_ynnpack)
     step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
                                      loss_fn=loss_fn, micro_batches=micro_batches),
                    donate_argnums=0, compiler_options=options)

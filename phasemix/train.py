@@ -257,7 +257,12 @@ def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.shar
                    num_runs: int | None = None) -> Programs:
     """jit with explicit shardings: batches split over every device; the state replicated, or
     split over the mesh's 'fsdp' axis if it has one."""
-    model = model_lib.Transformer(task.model_config)
+    platform, ynnpack = mesh.devices.flat[0].platform, config.get("xla_cpu_ynnpack", True)
+    # Vmapped runs keep autodiff's kernel gradients: under vmap, XLA's CPU dot emitter
+    # (jaxlib 0.10.2) aborts on the barrier's layout when a layer's input is a slice or a mean.
+    model = model_lib.Transformer(dataclasses.replace(
+        task.model_config, transposed_kernel_grads=num_runs is None
+        and compilation.transposed_kernel_grads(platform, ynnpack)))
     optimizer = optimizer_lib.make_optimizer(config.opt, config.num_steps)
     tokens = jnp.asarray(task.train_batches[0]["inputs"][:1])
     init_fn = functools.partial(init_state, tokens_BxL=tokens, model=model, optimizer=optimizer,
@@ -284,7 +289,7 @@ def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.shar
     # Outputs read on the host are replicated: with several processes, a host can only read
     # an array whose every element is on its own devices.
     jit = functools.partial(jax.jit, compiler_options=compilation.compiler_options(
-        mesh.devices.flat[0].platform, config.get("xla_cpu_ynnpack", True)))
+        platform, ynnpack))
     step = jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh, batch_axis)),
                out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     return Programs(

@@ -3,6 +3,7 @@ compiler options the programs are built with."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments import grokking
@@ -64,15 +65,24 @@ def test_grokking_programs_use_xla_dots_without_ynnpack_and_the_others_keep_it()
     task = grokking.make_task(config, jax.device_count())
     batch = sharding.put_batch(task.train_batches[0], mesh)
 
-    def ynnpack_fusions(ynnpack: bool) -> int:
+    def ynnpack_fusions_and_barriers(ynnpack: bool) -> tuple[int, int]:
         config.xla_cpu_ynnpack = ynnpack
         programs = train.build_programs(config, task, mesh)
-        state = programs.init(jax.random.key(0))
-        return programs.step.lower(state, batch).compile().as_text().count("__ynn_fusion")
+        lowered = programs.step.lower(programs.init(jax.random.key(0)), batch)
+        return (lowered.compile().as_text().count("__ynn_fusion"),
+                lowered.as_text().count("optimization_barrier"))
 
     assert grokking.get_config().xla_cpu_ynnpack is False
-    assert ynnpack_fusions(False) == 0
-    assert ynnpack_fusions(True) > 0
+    # With YNNPACK the dense layers take their kernel gradients as (dY^T X)^T, one barrier each
+    # (4 per block and the head); with XLA's own dots as autodiff writes them.
+    assert ynnpack_fusions_and_barriers(False) == (0, 0)
+    fusions, barriers = ynnpack_fusions_and_barriers(True)
+    assert fusions > 0 and barriers == 4 * config.model.num_layers + 1
+    vmapped = train.build_programs(config, task, mesh, num_runs=2)  # kept as autodiff writes it
+    states = vmapped.init(jax.random.split(jax.random.key(0), 2))
+    stacked = sharding.put_batch(jax.tree.map(lambda x: np.stack([x, x]), task.train_batches[0]),
+                                 mesh, batch_axis=1)
+    assert "optimization_barrier" not in vmapped.step.lower(states, stacked).as_text()
 
 
 def test_an_option_this_xla_lacks_is_left_out():

@@ -59,6 +59,38 @@ def test_last_position_only_matches_the_full_model_there():
         make(causal=False, num_classes=2, last_position_only=True)
 
 
+@pytest.mark.parametrize("num_classes", [None, 2])
+def test_transposed_kernel_grads_are_the_same_gradients_through_the_barrier(num_classes):
+    """Same logits and the same gradients of every parameter, decoder and classifier (Dense
+    and both DenseGenerals: multi-dim features and multi-dim contraction); and the step really
+    takes the other product (its barrier is in the gradient's jaxpr)."""
+    plain, params, tokens = make(num_classes=num_classes, pos_embedding="learned")
+    transposed, _, _ = make(num_classes=num_classes, pos_embedding="learned",
+                            transposed_kernel_grads=True)
+
+    def loss(model):
+        return lambda p, t: (model.apply({"params": p}, t) ** 2).mean()
+
+    logits = [jax.jit(m.apply)({"params": params}, tokens) for m in (plain, transposed)]
+    np.testing.assert_array_equal(logits[1], logits[0])
+    grads = [jax.jit(jax.grad(loss(m)))(params, tokens) for m in (plain, transposed)]
+    # Float32 sums in another order (~1e-7); a wrong axis or a missing transpose is O(1).
+    chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+    jaxprs = [str(jax.make_jaxpr(jax.grad(loss(m)))(params, tokens)) for m in (plain, transposed)]
+    assert "optimization_barrier" not in jaxprs[0]
+    assert jaxprs[1].count("optimization_barrier") == 4 * 2 + 1  # 4 per block, the head
+
+
+def test_transposed_kernel_dot_leaves_other_products_to_dot_general():
+    x, kernel = jnp.ones((2, 3, 4)), jnp.ones((2, 4, 5))
+    batched = (((2,), (1,)), ((0,), (0,)))  # a batch dim: not a dense layer's product
+    np.testing.assert_array_equal(model_lib.transposed_kernel_grad_dot(x, kernel, batched),
+                                  jax.lax.dot_general(x, kernel, batched))
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: model_lib.transposed_kernel_grad_dot(
+        x, k, batched).sum()))(kernel))
+    assert "optimization_barrier" not in jaxpr
+
+
 def test_encoder_sees_future_and_ignores_padding():
     model, params, tokens = make(causal=False, num_classes=2, pooling="mean")
     pad_mask = jnp.arange(L)[None, :] < jnp.array([[L], [4], [2]])

@@ -56,11 +56,12 @@ def test_four_devices_match_one_device(smoke_config):
             "from test_train import first_steps; from experiments import grokking;"
             "import jax; assert jax.device_count() == {n};"
             "c = grokking.get_config('smoke'); c.batch_size = 64; c.micro_batches = {m};"
-            "print(json.dumps(first_steps(c, 5)))")
-    one = run_python(code.format(n=1, m=1), num_devices=1)
-    four = run_python(code.format(n=4, m=1), num_devices=4)
-    # Two slices per device: every slice keeps rows on all four devices.
-    four_sliced = run_python(code.format(n=4, m=2), num_devices=4)
+            "c.xla_cpu_ynnpack = {y}; print(json.dumps(first_steps(c, 5)))")
+    one = run_python(code.format(n=1, m=1, y=False), num_devices=1)
+    four = run_python(code.format(n=4, m=1, y=False), num_devices=4)
+    # Two slices per device: every slice keeps rows on all four devices. With YNNPACK, so
+    # that the dense layers' transposed kernel gradients run sharded too.
+    four_sliced = run_python(code.format(n=4, m=2, y=True), num_devices=4)
     for key in one:
         assert four[key] == pytest.approx(one[key], rel=1e-5, abs=1e-5), key
         assert four_sliced[key] == pytest.approx(one[key], rel=1e-5, abs=1e-5), key
