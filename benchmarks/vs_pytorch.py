@@ -52,6 +52,8 @@ class Bench:
     loss: str
     seq_len: int
     xla_cpu_ynnpack: bool = True  # as the model's experiment config sets it
+    # None: as train.build_programs chooses (compilation.transposed_kernel_grads)
+    transposed_kernel_grads: bool | None = None
 
 
 BENCHES = {
@@ -103,9 +105,11 @@ def jax_step(bench: Bench, batch: dict[str, np.ndarray], micro_batches: int):
     opt_config = optimizer_lib.default_config()
     optimizer = optimizer_lib.make_optimizer(opt_config, 10_000)
     platform = jax.devices()[0].platform
-    model = model_lib.Transformer(dataclasses.replace(  # as train.build_programs makes it
-        bench.cfg, transposed_kernel_grads=compilation.transposed_kernel_grads(
-            platform, bench.xla_cpu_ynnpack)))
+    transposed = bench.transposed_kernel_grads
+    if transposed is None:  # as train.build_programs makes it
+        transposed = compilation.transposed_kernel_grads(platform, bench.xla_cpu_ynnpack)
+    model = model_lib.Transformer(dataclasses.replace(bench.cfg,
+                                                      transposed_kernel_grads=transposed))
     loss_fn = losses.classification_loss if bench.loss == "classify" else losses.masked_token_loss
     state = train.init_state(jax.random.key(0), tokens_BxL=jnp.asarray(batch["inputs"][:1]),
                              model=model, optimizer=optimizer, init_scale=1.0)

@@ -67,8 +67,9 @@ def _cpu_accepts(option: str, value: str) -> bool:
 def transposed_kernel_grads(platform: str, ynnpack: bool = True) -> bool:
     """Whether dense layers take their kernel gradients as (dY^T X)^T (`model.TransformerConfig.
     transposed_kernel_grads`): on a CPU with YNNPACK's kernels, where train steps measured
-    1.08-1.14x faster; with XLA's own CPU dots (the grokking model) it was within noise, and on
-    accelerators it is unmeasured."""
+    1.02-1.27x faster on two CPUs and the knowledge model's 1.4x on one (benchmarks.ynnpack
+    --switch=kernel_grads); with XLA's own CPU dots (the grokking model) it was within noise,
+    and on accelerators it is unmeasured."""
     return platform == "cpu" and ynnpack
 
 

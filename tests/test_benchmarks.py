@@ -5,6 +5,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks.common import matmul_flops
 
@@ -56,14 +57,20 @@ def test_ratios_are_per_round_and_the_spread_is_the_middle_half():
     assert vs_pytorch.quartiles([1.5]) == (1.5, 1.5)
 
 
-def test_ynnpack_benchmark_compiles_one_computation_two_ways():
+@pytest.mark.parametrize("switch", ["ynnpack", "kernel_grads"])
+def test_ynnpack_benchmark_compiles_one_computation_two_ways(switch):
     """Its two steps differ in kernels, not in what they compute: same loss, same update."""
     from benchmarks import vs_pytorch, ynnpack
     from experiments import critical_data_size
 
     bench = vs_pytorch.sweep_base_bench()
     assert bench.cfg.d_model == critical_data_size.get_config().base.model.d_model
-    _, steps = ynnpack.both_steps(bench, 8)
+    _, steps = ynnpack.both_steps(bench, 8, switch)
+    texts = [str(step.trace(state, batch).jaxpr) for step, state, batch in steps.values()]
+    barriers = [text.count("optimization_barrier") for text in texts]
+    # Either switch: the "on" step alone takes the transposed kernel gradients (with YNNPACK
+    # on they follow it, as in the experiments), and the two steps compute the same update.
+    assert barriers[0] == 0 and barriers[1] > 0
     (state_off, metrics_off), (state_on, metrics_on) = (
         step(state, batch) for step, state, batch in (steps[False], steps[True]))
     np.testing.assert_allclose(metrics_off["batch_loss"], metrics_on["batch_loss"], rtol=1e-5)
