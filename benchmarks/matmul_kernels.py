@@ -11,8 +11,8 @@ through one elementwise add, so that the per-call dispatch cost does not count a
 hoist them. Attention's batched products are left out. It says how fast a train step can be
 relative to PyTorch's when both are bound by these products; with --step it also times
 PyTorch's whole step and says how much of a step 1.3x faster than it the products would take
-at the fastest of the three kernels (a bound that no implementation of the same FLOPs on this
-machine's BLAS kernels beats).
+at the fastest of the three kernels, each timed alone (products inside a step can run slower
+than alone, so this is an optimistic bound).
 Needs the `bench` extra:
   python -m benchmarks.matmul_kernels
   python -m benchmarks.matmul_kernels --models=small_lm --batch_sizes=64,512 --rounds=7 --step

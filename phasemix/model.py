@@ -91,7 +91,7 @@ def _dense_dims(x_ndim: int, num_contracted: int) -> lax.DotDimensionNumbers:
 
 
 def _kernel_dot_fwd(x, kernel, num_contracted):
-    return _kernel_dot(x, kernel, num_contracted), (x, kernel)
+    return lax.dot_general(x, kernel, _dense_dims(x.ndim, num_contracted)), (x, kernel)
 
 
 def _kernel_dot_bwd(num_contracted, residuals, dy):
@@ -101,7 +101,7 @@ def _kernel_dot_bwd(num_contracted, residuals, dy):
     dx = lax.dot_general(dy, kernel, ((tuple(range(num_rows, dy.ndim)),
                                        tuple(range(num_contracted, kernel.ndim))), ((), ())))
     # dY^T X, (features..., contracted...), then transposed to the kernel's layout. XLA's CPU
-    # kernels (YNNPACK) run this product 1.2-1.6x faster than X^T dY at a slice's rows. The
+    # kernels (YNNPACK) run this product 1.1-1.6x faster than X^T dY at a slice's rows. The
     # barrier keeps the product whole: without it XLA's simplifier merges the transpose into
     # the dot, and that dot is slower still.
     kernel_grad_T = lax.optimization_barrier(lax.dot_general(
