@@ -1,5 +1,6 @@
 """The benchmarks' FLOP count: the figure the speed claims divide by."""
 
+import re
 import time
 
 import jax
@@ -97,3 +98,58 @@ def test_runners_take_turns_within_each_round():
     for start, end in zip([2, *round_ends[:-1]], round_ends):  # a's turn, then b's, per round
         keys = calls[start:end]
         assert keys == sorted(keys) and set(keys) == {"a", "b"}
+
+
+def test_step_profile_sorts_every_operation_of_a_traced_step():
+    """Each product of the compiled step is found in the trace, control flow (a scan's while
+    loop, whose event spans its body's) is not counted, so no thread is busier than the wall."""
+    from benchmarks import step_profile, vs_pytorch
+
+    bench = vs_pytorch.BENCHES["small_lm"]
+    batch = vs_pytorch.make_batch(bench, 8)
+    step, state, device_batch, _ = vs_pytorch.jax_step(bench, batch, 8)  # a loop of 2 x 4
+    text = step.lower(state, device_batch).compile().as_text()
+    loops = re.findall(r"%([\w.\-]+) = [^\n]* while\(", text)
+    ops = step_profile.compiled_ops(text)
+    assert loops and not set(loops) & set(ops)
+    runner = vs_pytorch.jax_runner(step, state, device_batch)
+    runner(1)
+    events, wall = step_profile.trace_steps(runner, 2)
+    traced = {name for _, name, _ in events}
+    products = {name for name, op in ops.items() if op.is_product}
+    assert products and products <= traced
+    profile = step_profile.profile_ops(events, ops, 2, wall)
+    assert profile.products > 0 and profile.others > 0
+    assert sum(profile.busy_by_thread.values()) == pytest.approx(
+        profile.products + profile.others)
+    assert max(profile.busy_by_thread.values()) <= wall * 1.05
+    assert "jvp(Transformer)/block_0/tanh" in profile.others_by_name  # the GELU, by JAX name
+
+
+def test_step_profile_reads_products_through_nested_fusions():
+    from benchmarks import step_profile
+
+    text = "\n".join([
+        "%inner (p: f32[2,2]) -> f32[2,2] {",
+        "  ROOT %dot.1 = f32[2,2]{1,0} dot(%p, %p), lhs_contracting_dims={1}",
+        "}",
+        "%outer (p: f32[2,2]) -> f32[2,2] {",
+        "  ROOT %f = f32[2,2]{1,0} fusion(%p), kind=kLoop, calls=%inner",
+        "}",
+        "ENTRY %main (a: f32[2,2]) -> f32[2,2] {",
+        "  %a = f32[2,2]{1,0} parameter(0)",
+        '  %ynn_fusion.3 = f32[2,2]{1,0} fusion(%a), kind=kCustom, calls=%outer, '
+        'metadata={op_name="jit(train_step)/while/body/closed_call/jvp(Transformer)/head/'
+        'dot_general"}',
+        '  ROOT %tanh_fusion = f32[2,2]{1,0} fusion(%ynn_fusion.3), kind=kLoop, calls=%other',
+        "}",
+    ])
+    ops = step_profile.compiled_ops(text)
+    assert ops["ynn_fusion.3"] == step_profile.Op(True, "jvp(Transformer)/head/dot_general")
+    assert ops["tanh_fusion"] == step_profile.Op(False, "")
+    assert "a" not in ops
+    profile = step_profile.profile_ops(
+        [("t0", "ynn_fusion.3", 0.4), ("t1", "tanh_fusion", 0.2), ("t1", "Region", 5.0)],
+        ops, 2, 1.0)
+    assert (profile.products, profile.others) == (0.2, 0.1)
+    assert profile.busy_by_thread == {"t0": 0.2, "t1": 0.1}
