@@ -23,7 +23,7 @@ import time
 from absl import app, flags
 
 from benchmarks import common
-from experiments import bimix_fit
+from phasemix import published_curves
 from phasemix import sweep
 
 _BASELINE = flags.DEFINE_string("baseline", None, "Git revision to compare against.")
@@ -37,7 +37,7 @@ def run_fits(tree: pathlib.Path, workdir: pathlib.Path, cache: pathlib.Path) -> 
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache)}
     start = time.perf_counter()
     # The default curves path is relative to the tree; a baseline checkout lives elsewhere.
-    curves = bimix_fit.DEFAULT_CURVES.resolve()
+    curves = published_curves.DEFAULT_CURVES.resolve()
     subprocess.run([sys.executable, "-m", "experiments.bimix_fit", f"--workdir={workdir}",
                     f"--curves={curves}", *_FLAGS.value], cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)

@@ -12,14 +12,14 @@ import pytest
 
 from conftest import ROOT
 from experiments import bimix_fit
-from phasemix import run_io, sweep, validation
+from phasemix import published_curves, run_io, sweep, validation
 
-CURVES = bimix_fit.DEFAULT_CURVES
+CURVES = published_curves.DEFAULT_CURVES
 needs_curves = pytest.mark.skipif(
     not CURVES.exists(),
     reason=f"the published 5-mix curves are not at {CURVES} (../shared/data/mixing_laws)")
 
-HEADER = ",".join(bimix_fit.COLUMNS)
+HEADER = ",".join(published_curves.COLUMNS)
 MIX_A = "0.5,0.25,0.0,0.125,0.125"
 
 
@@ -27,8 +27,8 @@ def write_curves(tmp_path, lines: list[str], weights: dict | None = None):
     """A small curves file in the published format, with its weights file beside it."""
     path = tmp_path / "curves.csv"
     path.write_text("\n".join([HEADER] + lines) + "\n")
-    members = [m for group in bimix_fit.GROUPS.values() for m in group]
-    (tmp_path / bimix_fit.WEIGHTS_FILE).write_text(json.dumps(weights or dict.fromkeys(members,
+    members = [m for group in published_curves.GROUPS.values() for m in group]
+    (tmp_path / published_curves.WEIGHTS_FILE).write_text(json.dumps(weights or dict.fromkeys(members,
                                                                                        1.0)))
     return path
 
@@ -46,7 +46,7 @@ def test_smoke_run_on_the_published_curves(tmp_path):
                  "optimal_mixtures.json", "predicted_vs_measured.png"):
         assert (out / name).stat().st_size > 0, name
     table = sweep.read_table(out / "table.csv")
-    assert len(table) == len(config.laws) * len(bimix_fit.DOMAINS)  # 1 size, policy and draw
+    assert len(table) == len(config.laws) * len(published_curves.DOMAINS)  # 1 size, policy and draw
     for row in table:
         assert row["fit_n"] > 0 and row["extrap_step_n"] > 0 and row["heldout_mix_n"] > 0
         assert 0 < row["extrap_step_mre"] < 0.2
@@ -60,14 +60,14 @@ def test_smoke_run_on_the_published_curves(tmp_path):
     optimum = run_io.read_json(out / "optimal_mixtures.json")[0]
     assert sum(optimum["mixture"].values()) == pytest.approx(1.0, abs=1e-3)
     assert all(optimum["mixture"][d] <= optimum["max_share"][d] + 1e-4
-               for d in bimix_fit.DOMAINS)
+               for d in published_curves.DOMAINS)
 
 
 @needs_curves
 def test_fits_on_threads_give_the_same_table_as_one_thread():
     config = bimix_fit.get_config("smoke")
     config.laws = ("bimix", "ye")
-    data = bimix_fit.load_curves(CURVES)
+    data = published_curves.load_curves(CURVES)
     selected = {m: bimix_fit.select(data[m], config, m) for m in config.models}
     pad_to = 256
     rows = {}
@@ -75,24 +75,24 @@ def test_fits_on_threads_give_the_same_table_as_one_thread():
         config.threads = threads
         rows[threads] = [row for row, _, _ in bimix_fit.fit_all(config, selected, pad_to)]
     assert [(r["law"], r["domain"]) for r in rows[3]] == [
-        (j.law_name, bimix_fit.DOMAINS[j.domain_index]) for j in bimix_fit.jobs_for(config)]
+        (j.law_name, published_curves.DOMAINS[j.domain_index]) for j in bimix_fit.jobs_for(config)]
     assert run_io.nan_to_none(rows[3]) == run_io.nan_to_none(rows[1])  # bit for bit
 
 
 def test_group_loss_is_the_weighted_mean_renormalised_within_the_group(tmp_path):
-    losses = {m: 3.0 for group in bimix_fit.GROUPS.values() for m in group}
+    losses = {m: 3.0 for group in published_curves.GROUPS.values() for m in group}
     losses.update(DM_Mathematics=1.0, Github=2.0)  # the symbolic group
     weights = {m: 1.0 for m in losses}
     weights.update(DM_Mathematics=0.1, Github=0.3)
     lines = rows_for("70M", 0, MIX_A, 1000, losses)
     del losses["PG19"]  # a prose sub-domain missing at step 2000: no prose loss there
     lines += rows_for("70M", 0, MIX_A, 2000, losses)
-    data = bimix_fit.load_curves(write_curves(tmp_path, lines, weights))["70M"]
+    data = published_curves.load_curves(write_curves(tmp_path, lines, weights))["70M"]
     np.testing.assert_allclose(data["step_N"], [1000, 2000])
     np.testing.assert_allclose(data["props_NxK"][0], [0.5, 0.25, 0.0, 0.125, 0.125])
-    symbolic = bimix_fit.DOMAINS.index("symbolic")
+    symbolic = published_curves.DOMAINS.index("symbolic")
     np.testing.assert_allclose(data["loss_NxK"][:, symbolic], 0.25 * 1.0 + 0.75 * 2.0)
-    prose = bimix_fit.DOMAINS.index("prose")
+    prose = published_curves.DOMAINS.index("prose")
     assert data["loss_NxK"][0, prose] == 3.0 and np.isnan(data["loss_NxK"][1, prose])
 
 
@@ -103,39 +103,39 @@ def test_a_bad_mixture_names_the_file_and_line(tmp_path, mix, match):
                                                                        {"ArXiv": 3.0})
     path = write_curves(tmp_path, lines)
     with pytest.raises(validation.ConfigError, match=f"--curves={path}: line 3: .*"):
-        bimix_fit.load_curves(path)
+        published_curves.load_curves(path)
     with pytest.raises(validation.ConfigError, match=match):
-        bimix_fit.load_curves(path)
+        published_curves.load_curves(path)
 
 
 def test_other_bad_curves(tmp_path):
     with pytest.raises(validation.ConfigError, match="--curves=.*file not found"):
-        bimix_fit.load_curves(tmp_path / "absent.csv")
+        published_curves.load_curves(tmp_path / "absent.csv")
     path = write_curves(tmp_path, rows_for("70M", 0, MIX_A, 1000, {"ArXiv": 3.0}) +
                         rows_for("70M", 0, "0.5,0.25,0.125,0.0,0.125", 2000, {"ArXiv": 3.0}))
     with pytest.raises(validation.ConfigError, match="line 3: mixture 0 of 70M was"):
-        bimix_fit.load_curves(path)
+        published_curves.load_curves(path)
     path = write_curves(tmp_path, rows_for("70M", 0, MIX_A, 1000, {"Pile-XX": 3.0}))
     with pytest.raises(validation.ConfigError, match="unknown eval domain 'Pile-XX'"):
-        bimix_fit.load_curves(path)
+        published_curves.load_curves(path)
     (tmp_path / "bad.csv").write_text("model,step,loss\n70M,1,2\n")
     with pytest.raises(validation.ConfigError, match="missing columns"):
-        bimix_fit.load_curves(tmp_path / "bad.csv")
+        published_curves.load_curves(tmp_path / "bad.csv")
     path = write_curves(tmp_path, [])
     with pytest.raises(validation.ConfigError, match="has no rows after its header"):
-        bimix_fit.load_curves(path)
+        published_curves.load_curves(path)
     path = write_curves(tmp_path, ["70M,0,0.5,0.25"])
     with pytest.raises(validation.ConfigError, match="line 2: has fewer fields than the header"):
-        bimix_fit.load_curves(path)
+        published_curves.load_curves(path)
     path = write_curves(tmp_path, rows_for("70M", 0, "nan,0.25,0.0,0.125,0.125", 1000,
                                            {"ArXiv": 3.0}))
     with pytest.raises(validation.ConfigError, match="line 2: .*negative or non-finite"):
-        bimix_fit.load_curves(path)
+        published_curves.load_curves(path)
     (tmp_path / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
     with pytest.raises(validation.ConfigError, match="binary.csv: not a UTF-8 CSV"):
-        bimix_fit.load_curves(tmp_path / "binary.csv")
+        published_curves.load_curves(tmp_path / "binary.csv")
     with pytest.raises(validation.ConfigError, match=f"--curves={tmp_path}: not a file"):
-        bimix_fit.load_curves(tmp_path)
+        published_curves.load_curves(tmp_path)
 
 
 @pytest.mark.parametrize("text,match", [
@@ -143,11 +143,11 @@ def test_other_bad_curves(tmp_path):
     ('{"ArXiv": 1}', "no weight for"), (None, "the weights of academic .* must be numbers >= 0")])
 def test_bad_weights_files_name_the_flag(tmp_path, text, match):
     path = write_curves(tmp_path, rows_for("70M", 0, MIX_A, 1000, {"ArXiv": 3.0}))
-    members = [m for group in bimix_fit.GROUPS.values() for m in group]
+    members = [m for group in published_curves.GROUPS.values() for m in group]
     weights = tmp_path / "weights.json"
     weights.write_text(text if text is not None else json.dumps(dict.fromkeys(members, 0)))
     with pytest.raises(validation.ConfigError, match=f"--valid_weights={weights}: {match}"):
-        bimix_fit.load_curves(path, weights)
+        published_curves.load_curves(path, weights)
 
 
 @pytest.mark.parametrize("field,value", [
