@@ -67,8 +67,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.batch_size = 32
     config.num_steps = 2000
     config.eval_every = 250
-    config.eval_people = 200  # people scored at every evaluation (all 5 templates each)
-    config.final_eval_people = 500  # people scored by the final model (summary.json)
+    # People scored (at most: all trained on if fewer) at every evaluation, all 5 templates
+    # each, and by the final model (summary.json).
+    config.eval_people = 200
+    config.final_eval_people = 500
     config.eval_web_windows = 256  # held-out web sequences for web_val_loss
     config.eval_batch_size = 512
     # Slices of each batch whose gradients run as independent chains (the cores of a CPU

@@ -32,6 +32,9 @@ def _answer(op: str, a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
     return (a * a + a * b + b * b) % p  # "x2_xy_y2"
 
 
+# A lower bound of a split's memory per equation: all_pairs' a, b, c and pair_order's
+# permutation (int64 each), with the examples' inputs, targets and loss mask (3 x 4 bytes each).
+BYTES_PER_PAIR = 4 * 8 + 3 * 3 * 4
 OPS = ("add", "sub", "mul", "div", "x2_xy_y2")
 
 
@@ -43,6 +46,7 @@ def validate(task: ml_collections.ConfigDict) -> None:
                            "division needs a prime modulus (every b != 0 must be invertible)",
                            task.p)
     total = num_pairs(task.op, task.p)
+    validation.require_memory(total * BYTES_PER_PAIR, "task.p", f"its {total:,} equations", task.p)
     # Checked even where train_count overrides it, so that a mistyped value never passes.
     validation.require(0 < task.train_fraction < 1, "task.train_fraction", "must be in (0, 1)",
                        task.train_fraction)

@@ -87,6 +87,23 @@ def require_cache_dirs(config: Any) -> None:
                     "is a file, not a folder", value)
 
 
+def physical_memory_bytes() -> int | None:
+    """This machine's memory, where the OS tells it (None elsewhere)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def require_memory(nbytes: float, field: str, what: str, value: Any = None) -> None:
+    """Refuses a size whose data alone needs more than this machine's memory, before a run
+    spends minutes building it and dies out of memory."""
+    total = physical_memory_bytes()
+    if total is not None and nbytes > total:
+        fail(field, f"{what} would take at least {nbytes / 2**30:,.1f} GiB, more than this "
+             f"machine's {total / 2**30:,.1f} GiB of memory", value)
+
+
 def fail_flag(flag: str, message: str, value: Any = None) -> None:
     """Like `fail`, for a command-line flag that is not in the config (e.g. --num_processes)."""
     shown = "" if value is None else f"={value!r}"

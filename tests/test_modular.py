@@ -60,3 +60,19 @@ def test_bad_task_names_the_flag(overrides, flag):
     config.task.update(overrides)
     with pytest.raises(validation.ConfigError, match=f"--config.{flag}="):
         modular.validate(config.task)
+
+
+def test_a_modulus_whose_equations_exceed_the_memory_is_refused_before_any_is_built(
+        monkeypatch):
+    """p = 97 fits; with the machine's memory set below its 9,409 equations' bytes it is
+    refused up front, naming the flag and the memory."""
+    config = grokking.get_config()
+    modular.validate(config.task)
+    needed = modular.num_pairs("add", 97) * modular.BYTES_PER_PAIR
+    monkeypatch.setattr(validation, "physical_memory_bytes", lambda: needed - 1)
+    with pytest.raises(validation.ConfigError,
+                       match=r"^--config\.task\.p=97: its 9,409 equations would take at least "
+                             r".* GiB, more than this machine's"):
+        modular.validate(config.task)
+    monkeypatch.setattr(validation, "physical_memory_bytes", lambda: None)  # OS does not say
+    modular.validate(config.task)

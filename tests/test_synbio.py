@@ -233,3 +233,12 @@ def test_a_lone_template_string_is_one_template():
     bio = synbio.make(ml_collections.ConfigDict(raw))
     assert bio.templates["major"] == ("{name} majored in {major}.",)
     assert f"{bio.people[0].name} majored in {bio.people[0].value('major')}." in bio.sentences(0, 0)
+
+
+def test_more_people_than_the_memory_holds_are_refused_before_building(monkeypatch):
+    monkeypatch.setattr(validation, "physical_memory_bytes",
+                        lambda: 299 * synbio.BYTES_PER_PERSON)
+    with pytest.raises(validation.ConfigError, match=r"^--config\.synbio\.num_people=300: "
+                                                     r"300 people would take at least"):
+        synbio.validate(config())
+    synbio.validate(config(num_people=299))
