@@ -161,10 +161,12 @@ class Attention(nn.Module):
         num_queries = mask_BxQxL.shape[1]
         qkv_BxLx3xHxK = nn.DenseGeneral((3, cfg.num_heads, head_dim), dtype=dtype,
                                         dot_general=dense_dot(cfg), name="qkv")(x_BxLxD)
-        q_BxQxHxK = qkv_BxLx3xHxK[:, x_BxLxD.shape[1] - num_queries:, 0]
+        # The 1/sqrt(K) scale goes on the queries, not the logits: L/K times fewer elements,
+        # and XLA fuses it into the copy that lays the queries out by head.
+        q_BxQxHxK = qkv_BxLx3xHxK[:, x_BxLxD.shape[1] - num_queries:, 0] * (
+            1.0 / jnp.sqrt(head_dim)).astype(dtype)
         k_BxLxHxK, v_BxLxHxK = qkv_BxLx3xHxK[:, :, 1], qkv_BxLx3xHxK[:, :, 2]
-        logits_BxHxQxL = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxLxHxK) / jnp.sqrt(
-            head_dim).astype(dtype)
+        logits_BxHxQxL = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxLxHxK)
         # Softmax in float32 for stability whatever the compute dtype.
         logits_BxHxQxL = jnp.where(mask_BxQxL[:, None], logits_BxHxQxL.astype(jnp.float32),
                                    jnp.finfo(jnp.float32).min)
