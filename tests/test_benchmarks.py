@@ -104,8 +104,10 @@ def test_step_profile_sorts_every_operation_of_a_traced_step():
     """Each product of the compiled step is found in the trace, control flow (a scan's while
     loop, whose event spans its body's) is not counted, so no thread is busier than the wall."""
     from benchmarks import step_profile, vs_pytorch
+    from phasemix import model as model_lib
 
-    bench = vs_pytorch.BENCHES["small_lm"]
+    bench = vs_pytorch.Bench(model_lib.TransformerConfig(
+        vocab_size=11, max_len=4, d_model=16, num_heads=2, d_mlp=32), "lm", 4)
     batch = vs_pytorch.make_batch(bench, 8)
     step, state, device_batch, _ = vs_pytorch.jax_step(bench, batch, 8)  # a loop of 2 x 4
     text = step.lower(state, device_batch).compile().as_text()
