@@ -111,8 +111,10 @@ def jax_step(bench: Bench, batch: dict[str, np.ndarray], micro_batches: int):
     model = model_lib.Transformer(dataclasses.replace(bench.cfg,
                                                       transposed_kernel_grads=transposed))
     loss_fn = losses.classification_loss if bench.loss == "classify" else losses.masked_token_loss
-    state = train.init_state(jax.random.key(0), tokens_BxL=jnp.asarray(batch["inputs"][:1]),
-                             model=model, optimizer=optimizer, init_scale=1.0)
+    # Jitted, as the experiments' init is: eagerly, each of its operations compiles alone (~8 s).
+    state = jax.jit(functools.partial(train.init_state, model=model, optimizer=optimizer,
+                                      init_scale=1.0))(
+        jax.random.key(0), tokens_BxL=jnp.asarray(batch["inputs"][:1]))
     options = compilation.compiler_options(platform, bench.xla_cpu_ynnpack)
     step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
                                      loss_fn=loss_fn, micro_batches=micro_batches),
