@@ -119,8 +119,7 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
         if not isinstance(config, ml_collections.ConfigDict):  # a file that failed to load
             sys.exit(f"error: --config: could not load {flags.FLAGS['config'].config_filename}"
                      " (the part before any ':' must be a config file's path)")
-        cache = os.path.expanduser(flags.FLAGS.xla_cache)
-        if cache and os.path.exists(cache) and not os.path.isdir(cache):
+        if not validation.is_folder_or_absent(flags.FLAGS.xla_cache):
             sys.exit(f"error: --xla_cache={flags.FLAGS.xla_cache}: is a file, not a folder")
         use_compilation_cache(flags.FLAGS.xla_cache)
         try:

@@ -78,13 +78,17 @@ def require_seeds(config: Any) -> None:
                     else "must be a non-negative integer", value)
 
 
+def is_folder_or_absent(path: str) -> bool:
+    """Whether `path` (~ expanded) can be a cache folder: one, or nothing yet (it will be made)."""
+    path = os.path.expanduser(str(path))
+    return not os.path.exists(path) or os.path.isdir(path)
+
+
 def require_cache_dirs(config: Any) -> None:
     """Every field named cache_dir (nested) is unset, absent (it will be made) or a folder."""
     for field, key, value in _leaves(config):
         if key == "cache_dir" and value:
-            path = os.path.expanduser(str(value))
-            require(not os.path.exists(path) or os.path.isdir(path), field,
-                    "is a file, not a folder", value)
+            require(is_folder_or_absent(value), field, "is a file, not a folder", value)
 
 
 def physical_memory_bytes() -> int | None:
