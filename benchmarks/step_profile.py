@@ -99,9 +99,8 @@ def short_jax_name(op_name: str) -> str:
 
 @dataclasses.dataclass
 class StepProfile:
-    """CPU time per step (seconds) by thread and by kind, from a trace of `steps` steps."""
+    """CPU time per step (seconds) by thread and by kind, from a trace of a few steps."""
 
-    steps: int
     wall: float  # wall seconds per step while traced
     busy_by_thread: dict[str, float]
     products: float
@@ -127,7 +126,7 @@ def profile_ops(events: list[tuple[str, str, float]], ops: dict[str, Op], steps:
             others += seconds / steps
             others_by_name[op.jax_name or name] += seconds / steps
             counts[op.jax_name or name] += 1 / steps
-    return StepProfile(steps, wall, dict(busy), products, others, others_by_name, counts)
+    return StepProfile(wall, dict(busy), products, others, others_by_name, counts)
 
 
 def trace_steps(run_steps, steps: int) -> tuple[list[tuple[str, str, float]], float]:

@@ -163,8 +163,7 @@ class Attention(nn.Module):
                                         dot_general=dense_dot(cfg), name="qkv")(x_BxLxD)
         # The 1/sqrt(K) scale goes on the queries, not the logits: L/K times fewer elements,
         # and XLA fuses it into the copy that lays the queries out by head.
-        q_BxQxHxK = qkv_BxLx3xHxK[:, x_BxLxD.shape[1] - num_queries:, 0] * (
-            1.0 / jnp.sqrt(head_dim)).astype(dtype)
+        q_BxQxHxK = qkv_BxLx3xHxK[:, x_BxLxD.shape[1] - num_queries:, 0] * head_dim**-0.5
         k_BxLxHxK, v_BxLxHxK = qkv_BxLx3xHxK[:, :, 1], qkv_BxLx3xHxK[:, :, 2]
         logits_BxHxQxL = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxLxHxK)
         # Softmax in float32 for stability whatever the compute dtype.

@@ -46,7 +46,8 @@ def validate(task: ml_collections.ConfigDict) -> None:
                            "division needs a prime modulus (every b != 0 must be invertible)",
                            task.p)
     total = num_pairs(task.op, task.p)
-    validation.require_memory(total * BYTES_PER_PAIR, "task.p", f"its {total:,} equations", task.p)
+    validation.require_memory(total * BYTES_PER_PAIR, "task.p", f"its {total:,} equations",
+                              task.p)
     # Checked even where train_count overrides it, so that a mistyped value never passes.
     validation.require(0 < task.train_fraction < 1, "task.train_fraction", "must be in (0, 1)",
                        task.train_fraction)

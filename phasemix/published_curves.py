@@ -34,6 +34,7 @@ PROP_COLUMNS = tuple(f"p_{d}" for d in DOMAINS)
 COLUMNS = ("model", "mixture_id", *PROP_COLUMNS, "step", "eval_domain", "loss")
 MIX_TOL = 1e-6  # a mixture's proportions must sum to 1 within this
 
+
 def _curves_error(path: Any, message: str) -> validation.ConfigError:
     return validation.ConfigError(f"--curves={path}: {message}")
 
