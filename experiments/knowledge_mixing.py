@@ -173,6 +173,8 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[
         # Tokens per drawn biography, its separator included: T of the capacity theory.
         "tokens_per_bio": float(bios.end_D[-1] / len(bios.end_D)),
         "web_epochs": float(batches.epochs()[1]), **counts,
+        # How many values each attribute can take: the pool sizes behind learned bits.
+        **{f"pool_{a}": n for a, n in bio.value_counts().items()},
     }
     task = train.Task(
         model_config=model_config(config, tok.vocab_size),

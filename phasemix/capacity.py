@@ -149,3 +149,31 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], confidence: float = 0.
     return PowerLaw(coefficient=float(math.exp(fit.intercept)), exponent=float(fit.slope),
                     exponent_low=float(fit.slope - half), exponent_high=float(fit.slope + half),
                     points=len(x), r2=float(fit.rvalue ** 2))
+
+
+def attribute_bits(accuracy: Any, pool_size: int) -> np.ndarray:
+    """Bits per person that an attribute answered with exact-match `accuracy` carries at least.
+
+    With values uniform over `pool_size` choices, what the model knows of a value V from its
+    answer A is I(V; A) = log2(K) - H(V | A). Fano's inequality bounds the conditional entropy
+    of the errors, H(V | A) <= H_b(acc) + (1 - acc) log2(K - 1), with equality when the wrong
+    answers spread evenly over the other values; so this is a lower bound on the information
+    stored (0 at or below chance accuracy 1/K).
+    """
+    acc = np.clip(np.asarray(accuracy, np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        binary = -(np.where(acc > 0, acc * np.log2(acc), 0.0)
+                   + np.where(acc < 1, (1 - acc) * np.log2(1 - acc), 0.0))
+    wrong = (1 - acc) * math.log2(pool_size - 1) if pool_size > 1 else 0.0
+    # At or below chance (1/K) the answers say nothing of the value that a model could use.
+    return np.where(acc > 1 / pool_size, math.log2(pool_size) - binary - wrong, 0.0)
+
+
+def learned_bits(num_people: int, accuracy: dict[str, float], pool_sizes: dict[str, int]) -> float:
+    """Bits the model stores about N people: the sum over attributes of N x `attribute_bits`
+    (Allen-Zhu & Li's count of knowledge bits, with Fano's bound for partly right answers)."""
+    missing = set(pool_sizes) ^ set(accuracy)
+    if missing:
+        raise ValueError(f"accuracy and pool sizes name different attributes: {sorted(missing)}")
+    return float(sum(num_people * attribute_bits(accuracy[a], pool_sizes[a])
+                     for a in pool_sizes))

@@ -1,0 +1,196 @@
+"""Knowledge capacity at CPU scale (Allen-Zhu & Li 2024): bits per parameter on SynBio alone.
+
+Each run trains one model size on N biographies and nothing else (ratio 1), for a fixed number
+of exposures per person, then scores every person on every attribute. Learned bits are
+N x sum over attributes of [log2 K - H(errors)] (capacity.learned_bits: Fano's bound on the
+conditional entropy of the errors, K the attribute's pool size). N grows per size until the
+learned bits stop growing: that plateau is the size's capacity.
+
+The value pools are cut to 40 values each (birth dates: one year, 336 dates), so that N, not
+the pool sizes, decides the total bits (29.7 bits per person), and the vocabulary shrinks to
+543 words, which makes the output layer, the largest cost of these small models, 10x cheaper.
+
+Run (3 sizes x 5 N x 2 seeds = 30 runs, 100 exposures each; hours on a 2-core CPU):
+  python -m experiments.knowledge_capacity --workdir=runs/knowledge_capacity
+Smoke (seconds): --config=experiments/knowledge_capacity.py:smoke
+Any knowledge_mixing field is a flag under `base` (--config.base.opt.lr=1e-3); the grid is
+--config.presets='("tiny-16",)' --config.people_per_preset='((250,500),)' --config.seeds='(0,)'.
+Re-running the command runs only the runs that are missing.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import statistics
+import time
+from typing import Any
+
+import ml_collections
+
+from experiments import knowledge_mixing
+from phasemix import capacity, cli, plotting, run_io, sweep, synbio, validation
+
+POOL_FIELDS = ("num_first_names", "num_middle_names", "num_last_names", "num_cities",
+               "num_universities", "num_majors", "num_employers")
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    """Default: tiny-16/32/48, N doubling from below to above each size's capacity."""
+    if variant not in ("", "smoke"):
+        validation.unknown_variant(variant, "'' or 'smoke'")
+    smoke = variant == "smoke"
+    config = ml_collections.ConfigDict()
+    config.experiment = "knowledge_capacity"
+    base = knowledge_mixing.get_config("smoke" if smoke else "")
+    base.ratio = 1.0  # biographies only: no web text competes for the capacity
+    pool = 10 if smoke else 40
+    for field in POOL_FIELDS:
+        base.synbio[field] = pool
+    base.synbio.min_birth_year = base.synbio.max_birth_year = 1990  # 336 birth dates
+    # Every SynBio word (493 with 40-value pools, 163 with the smoke's 10) and the top web words.
+    base.vocab_size = 300 if smoke else 543
+    base.batch_size = 16 if smoke else 64
+    base.seq_len = 32 if smoke else 64
+    config.base = base
+    config.presets = ("tiny-16",) if smoke else ("tiny-16", "tiny-32", "tiny-48")
+    # One N grid per preset (same order), doubling through where 1-2 bits/param would fill it.
+    config.people_per_preset = (((20, 40),) if smoke else
+                                ((250, 500, 1000, 2000, 4000), (500, 1000, 2000, 4000, 8000),
+                                 (1000, 2000, 4000, 8000, 16000)))
+    config.exposures = 2 if smoke else 100  # times each biography is seen in training
+    # Tokens per biography with its separator, measured for these pools (53.0 at 40 values);
+    # it turns exposures into steps. The run's summary records the exposures it really got.
+    config.tokens_per_bio = 30.0 if smoke else 53.0
+    config.evals_per_run = 4 if smoke else 8  # evaluations (and checkpoints) per run
+    config.seeds = (0,) if smoke else (0, 1)
+    # Learned bits count as stopped growing when doubling N adds less than this factor.
+    config.saturation = 1.1
+    config.workers = 1 if smoke else 2  # parallel runs, each pinned to its share of the CPUs
+    return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    validation.require(len(config.presets) > 0, "presets", "needs at least one preset",
+                       config.presets)
+    validation.require(len(config.people_per_preset) == len(config.presets),
+                       "people_per_preset", f"needs one N grid per preset "
+                       f"{tuple(config.presets)}", config.people_per_preset)
+    validation.require(all(len(g) > 0 and all(isinstance(n, int) and n >= 1 for n in g)
+                           for g in config.people_per_preset), "people_per_preset",
+                       "every grid needs positive integers", config.people_per_preset)
+    validation.require_positive(config, "exposures", "tokens_per_bio", "evals_per_run")
+    validation.require(config.saturation > 1, "saturation", "must be > 1", config.saturation)
+    validation.require(len(config.seeds) > 0, "seeds", "needs at least one seed", config.seeds)
+    validation.require(config.base.ratio == 1, "base.ratio",
+                       "must be 1: capacity is measured on biographies alone", config.base.ratio)
+
+
+def num_steps(config: ml_collections.ConfigDict, num_people: int) -> int:
+    """Steps that show each of N biographies `exposures` times."""
+    base = config.base
+    tokens = config.exposures * num_people * config.tokens_per_bio
+    return max(math.ceil(tokens / (base.batch_size * (base.seq_len + 1))), config.evals_per_run)
+
+
+def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    """The grid: preset x its N x seed, each with the steps its exposures need."""
+    grid = []
+    for preset, people in zip(config.presets, config.people_per_preset):
+        for n in people:
+            steps = num_steps(config, n)
+            every = math.ceil(steps / config.evals_per_run)
+            for seed in config.seeds:
+                grid.append({"model.preset": preset, "synbio.num_people": n,
+                             "num_steps": steps, "eval_every": every,
+                             "checkpoint_every": every, "final_eval_people": n, "seed": seed})
+    return grid
+
+
+def grid_flags() -> dict[str, str]:
+    return {"model.preset": "presets", "synbio.num_people": "people_per_preset",
+            "final_eval_people": "people_per_preset", "num_steps": "exposures",
+            "eval_every": "evals_per_run", "checkpoint_every": "evals_per_run", "seed": "seeds"}
+
+
+def capacity_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One tidy row per run: size, N, exposures, accuracy per attribute, learned bits."""
+    out = []
+    for row in rows:
+        accuracy = {a: row[f"final_accuracy_{a}"] for a in synbio.ATTRIBUTES}
+        pools = {a: row[f"pool_{a}"] for a in synbio.ATTRIBUTES}
+        n = row["people_trained"]
+        bits = capacity.learned_bits(n, accuracy, pools)
+        out.append({"preset": row["model.preset"], "params": row["params"],
+                    "non_embedding_params": row["non_embedding_params"], "num_people": n,
+                    "seed": row["seed"], "exposures": row["exposures_mean"],
+                    "num_steps": row["num_steps"],
+                    **{f"accuracy_{a}": accuracy[a] for a in synbio.ATTRIBUTES},
+                    "bio_accuracy": row["final_bio_accuracy"],
+                    "bits_per_person": sum(math.log2(k) for k in pools.values()),
+                    "learned_bits": bits, "bits_per_param": bits / row["params"],
+                    "bits_per_non_embedding_param": bits / row["non_embedding_params"]})
+    return out
+
+
+def per_size(table: list[dict[str, Any]], saturation: float) -> list[dict[str, Any]]:
+    """Per preset: seed-mean learned bits against N, the largest (the capacity) and whether
+    the last doubling of N stopped adding bits."""
+    out = []
+    for preset in dict.fromkeys(r["preset"] for r in table):
+        rows = [r for r in table if r["preset"] == preset]
+        people = sorted({r["num_people"] for r in rows})
+        mean_bits = [statistics.mean(r["learned_bits"] for r in rows if r["num_people"] == n)
+                     for n in people]
+        best = max(range(len(people)), key=lambda i: mean_bits[i])
+        best_rows = [r for r in rows if r["num_people"] == people[best]]
+        plateau = len(people) >= 2 and mean_bits[-1] < saturation * mean_bits[-2]
+        out.append({"preset": preset, "params": rows[0]["params"],
+                    "non_embedding_params": rows[0]["non_embedding_params"],
+                    "capacity_people": people[best], "capacity_bits": mean_bits[best],
+                    "capacity_bits_min": min(r["learned_bits"] for r in best_rows),
+                    "capacity_bits_max": max(r["learned_bits"] for r in best_rows),
+                    "bits_per_param": mean_bits[best] / rows[0]["params"],
+                    "bits_per_non_embedding_param":
+                        mean_bits[best] / rows[0]["non_embedding_params"],
+                    "plateau_reached": plateau, "seeds": len(best_rows)})
+    return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str,
+        shard: sweep.Shard | None = None) -> dict[str, Any]:
+    validate(config)
+    grid = overrides(config)
+    began = time.monotonic()
+    path = pathlib.Path(workdir)
+    rows = sweep.run_sweep(config.base, grid, path, knowledge_mixing.run,
+                           validate_fn=knowledge_mixing.validate, workers=config.workers,
+                           shard=shard, grid_flags=grid_flags(), base_flag="base")
+    run_io.write_json_atomic(path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
+    if len(rows) < len(grid):  # other shards still running: they write the analysis
+        return {"runs": len(grid), "runs_finished": len(rows), "shard": str(shard)}
+    table = capacity_rows(rows)
+    sweep.write_table(table, path / "capacity.csv")
+    sizes = per_size(table, config.saturation)
+    sweep.write_table(sizes, path / "analysis.csv")
+    series = {}
+    for preset in config.presets:
+        mine = sorted((r for r in table if r["preset"] == preset), key=lambda r: r["num_people"])
+        series[preset] = {"x": [r["num_people"] for r in mine],
+                          "y": [r["learned_bits"] for r in mine]}
+    plotting.xy_lines(series, path / "learned_bits.png",
+                      f"Learned bits on SynBio alone, {config.exposures:g} exposures",
+                      "people N", "learned bits (Fano bound)")
+    summary = run_io.nan_to_none({"runs": len(rows), "per_size": sizes,
+                                  "wall_seconds": time.monotonic() - began})
+    run_io.write_json_atomic(path / run_io.SUMMARY_FILE, summary)
+    for s in sizes:
+        print(f"{s['preset']}: {s['capacity_bits']:,.0f} bits at N={s['capacity_people']} = "
+              f"{s['bits_per_param']:.3f} bits/param ({s['bits_per_non_embedding_param']:.3f} "
+              f"per non-embedding param); plateau {'reached' if s['plateau_reached'] else 'not'}",
+              flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    cli.main(run, config_file=__file__, default_workdir="runs/knowledge_capacity", sweep=True)
