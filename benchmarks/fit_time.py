@@ -23,8 +23,8 @@ import time
 from absl import app, flags
 
 from benchmarks import common
-from phasemix import published_curves
-from phasemix import sweep
+from phasemix.data import published_curves
+from phasemix.runs import sweep
 
 _BASELINE = flags.DEFINE_string("baseline", None, "Git revision to compare against.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs go (default: a temporary folder).")

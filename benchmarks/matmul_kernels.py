@@ -31,7 +31,7 @@ from absl import app, flags
 from benchmarks.common import TARGET_SPEEDUP
 from benchmarks.vs_pytorch import (_BATCH_SIZES, _MODELS, _ROUNDS, _SECONDS, BENCHES, Bench,
                                    make_batch, steps_per_second, torch_step)
-from phasemix import compilation, train
+from phasemix.training import compilation, train
 
 
 def dense_products(bench: Bench, rows: int) -> dict[tuple[str, int, int, int, bool], int]:

@@ -28,7 +28,7 @@ from absl import app, flags
 from benchmarks import vs_pytorch
 from benchmarks.common import TARGET_SPEEDUP, matmul_flops
 from benchmarks.vs_pytorch import _BATCH_SIZES, _MODELS, _ROUNDS, _SECONDS
-from phasemix import train
+from phasemix.training import train
 
 _STEPS = flags.DEFINE_integer("steps", 5, "Steps traced.")
 _TOP = flags.DEFINE_integer("top", 12, "Costliest non-product operations listed.")

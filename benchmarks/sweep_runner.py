@@ -19,7 +19,7 @@ import time
 from absl import app, flags, logging
 
 from experiments import critical_data_size, grokking
-from phasemix import sweep
+from phasemix.runs import sweep
 
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes of the parallel mode.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 0, "Steps of each run (0: the sweep's own).")

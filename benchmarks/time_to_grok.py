@@ -21,7 +21,8 @@ from absl import app, flags
 
 from benchmarks import common
 from experiments import grokking
-from phasemix import run_io, transitions
+from phasemix.base import run_io
+from phasemix.analysis import transitions
 
 _BASELINE = flags.DEFINE_string("baseline", None, "Git revision to compare against.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs go (default: a temporary folder).")

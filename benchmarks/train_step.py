@@ -18,7 +18,7 @@ from absl import app, flags
 
 from benchmarks.common import matmul_flops, time_matmul
 from experiments import grokking
-from phasemix import sharding, train
+from phasemix.training import sharding, train
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "512"], "Batch sizes to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Alternating timing rounds (median is reported).")

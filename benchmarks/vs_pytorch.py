@@ -30,8 +30,9 @@ from absl import app, flags
 
 from benchmarks.common import matmul_flops, time_matmul
 from experiments import critical_data_size, grokking, knowledge_mixing
-from phasemix import compilation, losses, model as model_lib, modular, optimizer as optimizer_lib
-from phasemix import params as params_lib, train
+from phasemix.data import modular
+from phasemix.training import (compilation, losses, model as model_lib, optimizer as optimizer_lib,
+                               params as params_lib, train)
 
 _MODELS = flags.DEFINE_list("models", ["grokking", "small_lm", "sentiment"], "Models to time "
                             "(also sweep_base, knowledge_base).")

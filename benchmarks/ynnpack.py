@@ -27,7 +27,7 @@ from absl import app, flags
 
 from benchmarks import vs_pytorch
 from benchmarks.vs_pytorch import _BATCH_SIZES, _MODELS, _ROUNDS, _SECONDS
-from phasemix import train
+from phasemix.training import train
 
 SWITCHES = {"ynnpack": "xla_cpu_ynnpack",  # --switch -> the Bench field it flips
             "kernel_grads": "transposed_kernel_grads"}

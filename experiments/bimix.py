@@ -1,13 +1,13 @@
 """BiMix on our own proxy runs: fit mixing laws to small LMs, propose a mixture, test it.
 
-Run (offline: 4 real domains, see phasemix/domains.py; the whole study on a 2-core CPU):
+Run (offline: 4 real domains, see phasemix/data/domains.py; the whole study on a 2-core CPU):
   python -m experiments.bimix --workdir=runs/bimix
 Smoke (2 domains, seconds per run; used by the tests):
   python -m experiments.bimix --config=experiments/bimix.py:smoke --workdir=/tmp/bimix
 
 1. Trains `num_proxies` small LMs (`config.base`) on mixtures drawn from a Dirichlet
    (seeded by `seed`), logging each domain's validation loss every `base.eval_every` steps.
-2. Fits every law of `laws` (BiMix, Ye et al., the step-only control; phasemix/law_fit.py)
+2. Fits every law of `laws` (BiMix, Ye et al., the step-only control; phasemix/analysis/law_fit.py)
    per domain, on steps <= step_cut of the proxies not held out; scores later steps and the
    held-out proxies (fits.csv, predictions.csv, predicted_vs_measured.png).
 3. Refits `optimize_law` on every proxy row and minimises the predicted average validation
@@ -43,9 +43,11 @@ import ml_collections
 import numpy as np
 
 from experiments import knowledge_mixing
-from phasemix import cli, domains, entropy_mix, losses, mixture, optimizer
-from phasemix import plotting, presets, run_io, sweep, tokenizer, train, transitions
-from phasemix import validation
+from phasemix.base import plotting, run_io, validation
+from phasemix.data import domains, mixture, tokenizer
+from phasemix.training import losses, optimizer, presets, train
+from phasemix.analysis import entropy_mix, transitions
+from phasemix.runs import cli, sweep
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "bimix")
 MIX_TOL = 1e-6  # a mixture's shares must sum to 1 within this
@@ -125,7 +127,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.num_proxies = 12
     config.dirichlet_alpha = 1.0  # 1: uniform over the simplex
     config.seeds = (0, 1)  # each compared strategy is trained with every one of these seeds
-    config.laws = ("bimix", "ye", "step_only")  # of phasemix.mixing_laws.LAW_NAMES
+    config.laws = ("bimix", "ye", "step_only")  # of phasemix.analysis.mixing_laws.LAW_NAMES
     config.optimize_law = "bimix"  # the law whose optimum is trained
     config.step_cut = 625  # fit on steps <= step_cut; later steps score the extrapolation
     config.heldout_fraction = 0.25  # of the proxies, kept out of the fit
@@ -185,7 +187,7 @@ def law_param_count(name: str, num_domains: int) -> int:
     """How many numbers a fit of law `name` moves."""
     import jax
 
-    from phasemix import mixing_laws
+    from phasemix.analysis import mixing_laws
 
     law = mixing_laws.make_law(name, num_domains)
     shapes = jax.eval_shape(law.init, jax.random.key(0))
@@ -193,7 +195,7 @@ def law_param_count(name: str, num_domains: int) -> int:
 
 
 def _heldout_count(num_mixtures: int, fraction: float) -> int:
-    from phasemix import law_fit
+    from phasemix.analysis import law_fit
 
     return len(law_fit.choose_heldout_mixtures(np.arange(num_mixtures), fraction, seed=0))
 
@@ -207,7 +209,7 @@ def eval_steps(config: ml_collections.ConfigDict) -> list[int]:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Every check that needs no data, before anything is read or trained."""
-    from phasemix import mixing_laws
+    from phasemix.analysis import mixing_laws
 
     validate_run(config.base, "base.")
     num_domains = len(config.base.domains.names)
@@ -398,7 +400,7 @@ def fit_laws(config: ml_collections.ConfigDict, curves: dict[str, np.ndarray],
     Each law and domain is fitted twice: by the protocol (steps <= step_cut of the proxies not
     held out; scored on the rest), and on every proxy row, for the mixture optimisation.
     """
-    from phasemix import law_fit, mixing_laws
+    from phasemix.analysis import law_fit, mixing_laws
 
     heldout = law_fit.choose_heldout_mixtures(curves["mixture_N"], config.heldout_fraction,
                                               seed=[config.seed, 1])
@@ -434,7 +436,7 @@ def fit_laws(config: ml_collections.ConfigDict, curves: dict[str, np.ndarray],
 
 def predicted_average(fitted: list[tuple], step: float, mix_MxK: Any) -> np.ndarray:
     """The laws' average over domains of the predicted loss of each mixture at `step`."""
-    from phasemix import law_fit
+    from phasemix.analysis import law_fit
 
     mix_MxK = np.asarray(mix_MxK, np.float64)
     steps = np.full(len(mix_MxK), float(step))
@@ -444,7 +446,7 @@ def predicted_average(fitted: list[tuple], step: float, mix_MxK: Any) -> np.ndar
 def optimize(config: ml_collections.ConfigDict, fitted: dict, curves: dict[str, np.ndarray]
              ) -> tuple[np.ndarray, dict[str, Any]]:
     """The mixture `optimize_law` predicts best (average over domains) at the final step."""
-    from phasemix import mixture_opt
+    from phasemix.analysis import mixture_opt
 
     laws_params = fitted[config.optimize_law]
     num_domains = len(laws_params)
@@ -522,7 +524,7 @@ def headline(comparison: list[dict]) -> dict[str, Any]:
 
 def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path) -> None:
     """Predicted against measured validation loss: a row per law, a column per domain."""
-    from phasemix import plotting
+    from phasemix.base import plotting
 
     plotting.predicted_vs_measured(sweep.read_table(predictions_csv), "law", "domain", path,
                                    "Predicted vs measured validation loss of the proxies")
@@ -530,7 +532,7 @@ def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path) -> None:
 
 def plot_strategies(comparison_csv: pathlib.Path, path: pathlib.Path, title: str) -> None:
     """Average validation loss per strategy: seed mean +- std, and every seed as a dot."""
-    from phasemix import plotting
+    from phasemix.base import plotting
 
     rows = sweep.read_table(comparison_csv)
     fig, ax = plotting.figure(figsize=(1.6 + 1.3 * len(rows), 4.2))

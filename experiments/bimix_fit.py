@@ -36,9 +36,10 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
-from phasemix import cli, run_io, sweep, validation
-from phasemix.published_curves import (DEFAULT_CURVES, DOMAINS, MIX_TOL, WEIGHTS_FILE,
-                                       load_curves)
+from phasemix.base import run_io, validation
+from phasemix.data.published_curves import (DEFAULT_CURVES, DOMAINS, MIX_TOL, WEIGHTS_FILE,
+                                            load_curves)
+from phasemix.runs import cli, sweep
 
 HEADLINE = (("extrap_step", "mre"), ("heldout_mix", "r2"), ("heldout_mix", "within_step_r2"),
             ("heldout_mix", "within_step_spearman"), ("heldout_mix", "mre"))
@@ -47,7 +48,7 @@ HEADLINE = (("extrap_step", "mre"), ("heldout_mix", "r2"), ("heldout_mix", "with
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """Default: every law on the four sizes with 26 mixtures, one held-out draw, one zero-share
     policy. `full`: two draws and both policies. `smoke`: one size, seconds."""
-    from phasemix import mixing_laws
+    from phasemix.analysis import mixing_laws
 
     config = ml_collections.ConfigDict()
     config.experiment = "bimix_fit"
@@ -103,7 +104,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Every check that needs no data, before anything is read or written."""
-    from phasemix import mixing_laws
+    from phasemix.analysis import mixing_laws
 
     validation.require(len(config.models) > 0, "models", "name at least one model size",
                        config.models)
@@ -166,7 +167,7 @@ def select(data: dict[str, np.ndarray], config: ml_collections.ConfigDict, model
 
 def _heldout(config: ml_collections.ConfigDict, data: dict[str, np.ndarray], model_index: int,
              split: int) -> np.ndarray:
-    from phasemix import law_fit
+    from phasemix.analysis import law_fit
 
     return law_fit.choose_heldout_mixtures(data["mixture_N"], config.heldout_fraction,
                                            seed=[config.seed, split, model_index])
@@ -175,7 +176,7 @@ def _heldout(config: ml_collections.ConfigDict, data: dict[str, np.ndarray], mod
 def fit_rows(config: ml_collections.ConfigDict, selected: dict[str, dict[str, np.ndarray]]
              ) -> int:
     """The most rows any fit of the run sees (steps <= step_cut of the mixtures kept)."""
-    from phasemix import law_fit
+    from phasemix.analysis import law_fit
 
     most = 0
     for model_index, model in enumerate(config.models):
@@ -209,7 +210,7 @@ def jobs_for(config: ml_collections.ConfigDict) -> list[Job]:
 def fit_job(config: ml_collections.ConfigDict, job: Job, data: dict[str, np.ndarray],
             pad_to: int) -> tuple[dict, list[dict], Any]:
     """(table row, prediction rows, (law, fitted params)) of one fit."""
-    from phasemix import law_fit, mixing_laws
+    from phasemix.analysis import law_fit, mixing_laws
 
     heldout = _heldout(config, data, job.model_index, job.split)
     d, domain = job.domain_index, DOMAINS[job.domain_index]
@@ -271,7 +272,7 @@ def fit_all(config: ml_collections.ConfigDict, selected: dict[str, dict[str, np.
 def share_bounds(config: ml_collections.ConfigDict, model: str, observed_MxK: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Each group's lowest and highest share for the optimised mixture, checked to allow one."""
-    from phasemix import mixture_opt
+    from phasemix.analysis import mixture_opt
 
     lo = np.full(len(DOMAINS), config.opt.min_weight)
     hi = np.full(len(DOMAINS), config.opt.max_weight)
@@ -291,7 +292,7 @@ def optimal_mixtures(config: ml_collections.ConfigDict, model: str, fitted: dict
                      data: dict[str, np.ndarray]) -> list[dict]:
     """Per policy and mixture-aware law: the mixture it predicts best at opt.step, and the
     predicted loss there against the best mixture that was trained."""
-    from phasemix import law_fit, mixture_opt
+    from phasemix.analysis import law_fit, mixture_opt
 
     weights = np.asarray(config.opt.domain_weights, float)
     observed = np.unique(data["props_NxK"], axis=0)
@@ -356,7 +357,7 @@ def format_table(entries: list[dict]) -> str:
 
 def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path, zero_share: str) -> None:
     """Predicted against measured loss, one panel per law x model, coloured by split."""
-    from phasemix import plotting
+    from phasemix.base import plotting
 
     rows = [r for r in sweep.read_table(predictions_csv) if r["zero_share"] == zero_share]
     plotting.predicted_vs_measured(
@@ -366,7 +367,7 @@ def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path, zero_sha
 
 def run(config: ml_collections.ConfigDict, workdir: str, curves: str | pathlib.Path =
         DEFAULT_CURVES, valid_weights: str | pathlib.Path | None = None) -> dict[str, Any]:
-    from phasemix import law_fit
+    from phasemix.analysis import law_fit
 
     validate(config)
     data = load_curves(curves, valid_weights)

@@ -31,8 +31,11 @@ from typing import Any, Callable
 import ml_collections
 
 from experiments import grokking, sentiment_grokking
-from phasemix import (cli, modular, plotting, representations, run_io, sweep, train,
-                      transitions, validation)
+from phasemix.base import plotting, run_io, validation
+from phasemix.data import modular
+from phasemix.training import train
+from phasemix.analysis import representations, transitions
+from phasemix.runs import cli, sweep
 
 MODES = ("sample", "model")
 

@@ -17,8 +17,11 @@ import functools
 
 import ml_collections
 
-from phasemix import losses, model as model_lib, modular, optimizer, train, transitions
-from phasemix import batching, cli, validation
+from phasemix.base import validation
+from phasemix.data import batching, modular
+from phasemix.training import losses, model as model_lib, optimizer, train
+from phasemix.analysis import transitions
+from phasemix.runs import cli
 
 MEMORIZED_AT = 0.99  # train accuracy that counts as memorised
 GENERALIZED_AT = 0.95  # test accuracy that counts as generalised

@@ -27,9 +27,11 @@ import grain
 import ml_collections
 import numpy as np
 
-from phasemix import cli, decoding, distributed, knowledge, losses, mixture, model as model_lib, optimizer
-from phasemix import (plotting, presets, run_io, sweep, synbio, tokenizer, train, transitions,
-                      validation, web_text)
+from phasemix.base import distributed, plotting, run_io, validation
+from phasemix.data import knowledge, mixture, synbio, tokenizer, web_text
+from phasemix.training import decoding, losses, model as model_lib, optimizer, presets, train
+from phasemix.analysis import transitions
+from phasemix.runs import cli, sweep
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "knowledge")
 ATTRIBUTE_SETS = tuple(f"bio_{a}" for a in synbio.ATTRIBUTES)
@@ -53,7 +55,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.vocab_size = 5200  # every word of every SynBio value, then the top web words
     config.seq_len = 64  # tokens per training sequence (documents are packed)
     config.model = ml_collections.ConfigDict(dict(
-        preset="tiny-64",  # phasemix/presets.py: tiny-16 ... tiny-128, small-256, pythia-*
+        preset="tiny-64",  # phasemix/training/presets.py: tiny-16 ... tiny-128, small-256, pythia-*
         activation="gelu",
         pos_embedding="learned",
         init_scale=1.0,

@@ -44,7 +44,10 @@ import ml_collections
 import numpy as np
 
 from experiments import knowledge_mixing
-from phasemix import capacity, cli, plotting, run_io, sweep, synbio, transitions, validation
+from phasemix.base import plotting, run_io, validation
+from phasemix.data import synbio
+from phasemix.analysis import capacity, transitions
+from phasemix.runs import cli, sweep
 
 MODES = ("ratio", "size", "longer", "web", "mitigation", "frequency")
 PARAM_COUNTS = ("non_embedding_params", "params")

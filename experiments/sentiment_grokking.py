@@ -23,8 +23,10 @@ import ml_collections
 import numpy as np
 
 from experiments import grokking
-from phasemix import batching, cli, losses, model as model_lib, optimizer, reviews, tokenizer
-from phasemix import plotting, run_io, train, validation
+from phasemix.base import plotting, run_io, validation
+from phasemix.data import batching, reviews, tokenizer
+from phasemix.training import losses, model as model_lib, optimizer, train
+from phasemix.runs import cli
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "tokenizers")
 

@@ -5,7 +5,7 @@
 Process KILL_PROCESS sends itself SIGNAL (KILL or TERM) when it fetches the batch of step
 KILL_AT (-1: never), once every checkpoint before that step is on disk (saves are asynchronous:
 one still in flight when a process dies is lost, and the test wants a known resume point).
-The remaining flags are those of phasemix.cli (--coordinator_address, ...)
+The remaining flags are those of phasemix.runs.cli (--coordinator_address, ...)
 and --config.<field>=<value> overrides of the smoke config.
 """
 
@@ -24,7 +24,8 @@ import grain
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import grokking  # noqa: E402
-from phasemix import distributed, train  # noqa: E402
+from phasemix.base import distributed
+from phasemix.training import train
 
 
 class SignalAt:

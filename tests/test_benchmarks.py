@@ -104,7 +104,7 @@ def test_step_profile_sorts_every_operation_of_a_traced_step():
     """Each product of the compiled step is found in the trace, control flow (a scan's while
     loop, whose event spans its body's) is not counted, so no thread is busier than the wall."""
     from benchmarks import step_profile, vs_pytorch
-    from phasemix import model as model_lib
+    from phasemix.training import model as model_lib
 
     bench = vs_pytorch.Bench(model_lib.TransformerConfig(
         vocab_size=11, max_len=4, d_model=16, num_heads=2, d_mlp=32), "lm", 4)

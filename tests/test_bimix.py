@@ -8,7 +8,8 @@ import pytest
 
 from conftest import run_python
 from experiments import bimix
-from phasemix import run_io, sweep, validation
+from phasemix.base import run_io, validation
+from phasemix.runs import sweep
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -122,7 +123,7 @@ def synthetic_law_run(config, workdir):
 
 
 def test_study_on_synthetic_curves_finds_the_true_optimum(tmp_path, monkeypatch):
-    from phasemix import mixture_opt
+    from phasemix.analysis import mixture_opt
 
     monkeypatch.setattr(bimix, "run_mixture", synthetic_law_run)
     config = bimix.get_config("smoke")

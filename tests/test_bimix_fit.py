@@ -12,7 +12,9 @@ import pytest
 
 from conftest import ROOT
 from experiments import bimix_fit
-from phasemix import published_curves, run_io, sweep, validation
+from phasemix.base import run_io, validation
+from phasemix.data import published_curves
+from phasemix.runs import sweep
 
 CURVES = published_curves.DEFAULT_CURVES
 needs_curves = pytest.mark.skipif(

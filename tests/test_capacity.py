@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from phasemix import capacity, synbio, transitions
+from phasemix.data import synbio
+from phasemix.analysis import capacity, transitions
 
 
 def test_web_law_fit_recovers_a_known_law():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import grokking
-from phasemix import compilation, sharding, train
+from phasemix.training import compilation, sharding, train
 
 
 def test_counter_sees_a_retrace():

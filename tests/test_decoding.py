@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasemix import decoding, losses, model as model_lib
+from phasemix.training import decoding, losses, model as model_lib
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,10 @@ import pytest
 
 from conftest import ROOT, run_python
 from experiments import critical_data_size, grokking
-from phasemix import (batching, checkpointing, distributed, run_io, sharding, sweep, train,
-                      validation)
+from phasemix.base import distributed, run_io, validation
+from phasemix.data import batching
+from phasemix.training import checkpointing, sharding, train
+from phasemix.runs import sweep
 
 LAUNCH = ROOT / "launch"
 SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch")])
@@ -420,7 +422,7 @@ def test_fsdp_training_matches_replicated():
 import json, tempfile
 import jax, numpy as np
 from experiments import grokking
-from phasemix import sharding, train
+from phasemix.training import sharding, train
 out, params = {}, {}
 for fsdp in (1, 2):
     c = grokking.get_config('smoke'); c.num_steps = 20; c.fsdp = fsdp

@@ -10,7 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from phasemix import domains, tokenizer, validation
+from phasemix.base import validation
+from phasemix.data import domains, tokenizer
 
 
 def config(**overrides):

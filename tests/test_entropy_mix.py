@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from phasemix import entropy_mix as em
+from phasemix.analysis import entropy_mix as em
 
 
 def h(*probs):

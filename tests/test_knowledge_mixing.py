@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from experiments import knowledge_mixing
-from phasemix import knowledge, run_io, sweep, synbio, tokenizer, validation
+from phasemix.base import run_io, validation
+from phasemix.data import knowledge, synbio, tokenizer
+from phasemix.runs import sweep
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from experiments import knowledge_phase
-from phasemix import capacity, run_io, sweep, validation
+from phasemix.base import run_io, validation
+from phasemix.analysis import capacity
+from phasemix.runs import sweep
 
 
 def _rows(points, **fixed):

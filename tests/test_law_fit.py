@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from phasemix import law_fit, mixing_laws as ml
+from phasemix.analysis import law_fit, mixing_laws as ml
 
 from test_mixing_laws import TRUTH, synthetic  # the same synthetic data
 

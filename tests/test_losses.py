@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from phasemix import losses
+from phasemix.training import losses
 
 B, L, V = 4, 3, 7
 

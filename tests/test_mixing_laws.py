@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasemix import law_fit, mixing_laws as ml
+from phasemix.analysis import law_fit, mixing_laws as ml
 
 K = 3
 STEPS = np.array([2e3, 4e3, 7e3, 1e4, 1.5e4, 2e4, 3e4])

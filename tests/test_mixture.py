@@ -4,7 +4,7 @@ import grain
 import numpy as np
 import pytest
 
-from phasemix import batching, mixture
+from phasemix.data import batching, mixture
 
 
 @pytest.mark.parametrize("weights", [(0.3, 0.7), (0.05, 0.15, 0.8), (0.2, 0.2, 0.2, 0.2, 0.2),

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasemix import mixing_laws as ml, mixture_opt as mo
+from phasemix.analysis import mixing_laws as ml, mixture_opt as mo
 
 
 def bimix_objective(alpha, k):

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasemix import losses, model as model_lib, optimizer, params as params_lib, train, validation
+from phasemix.base import validation
+from phasemix.training import losses, model as model_lib, optimizer, params as params_lib, train
 
 B, L, V = 3, 7, 11
 

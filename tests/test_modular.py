@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from experiments import grokking
-from phasemix import modular, validation
+from phasemix.base import validation
+from phasemix.data import modular
 
 
 @pytest.mark.parametrize("op", modular.OPS)

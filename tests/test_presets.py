@@ -2,7 +2,8 @@
 
 import pytest
 
-from phasemix import model as model_lib, presets, validation
+from phasemix.base import validation
+from phasemix.training import model as model_lib, presets
 
 
 def test_pythia_70m_has_pythias_non_embedding_count():

@@ -3,7 +3,8 @@
 import jax
 import numpy as np
 
-from phasemix import model as model_lib, representations
+from phasemix.training import model as model_lib
+from phasemix.analysis import representations
 
 
 def test_first_principal_component_finds_the_spread_direction():

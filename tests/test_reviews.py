@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from phasemix import reviews, validation
+from phasemix.base import validation
+from phasemix.data import reviews
 
 
 @pytest.fixture(scope="module")

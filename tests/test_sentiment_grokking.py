@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from experiments import sentiment_grokking
-from phasemix import run_io, validation
+from phasemix.base import run_io, validation
 
 
 def smoke(tmp_path, **task) -> object:
@@ -66,7 +66,7 @@ def test_bad_task_names_the_flag_before_anything_is_written(tmp_path, field, val
 def test_sentiment_sweep_over_fractions(tmp_path):
     """The critical-data-size sweep runs the sentiment study: table, analysis, figures."""
     from experiments import critical_data_size
-    from phasemix import sweep
+    from phasemix.runs import sweep
 
     config = critical_data_size.get_config("sentiment_smoke")
     config.base.task.cache_dir = str(tmp_path / "tokenizers")

@@ -6,7 +6,8 @@ import pathlib
 import pytest
 
 from experiments import critical_data_size, grokking
-from phasemix import progress, sweep, validation
+from phasemix.base import progress, validation
+from phasemix.runs import sweep
 
 
 def test_grid_is_the_cartesian_product_in_order():
@@ -51,7 +52,7 @@ def test_unwritable_folder(tmp_path):
 
 def fake_run(config, workdir):
     """Stands in for a training run: writes the files a finished run leaves."""
-    from phasemix import run_io
+    from phasemix.base import run_io
 
     pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
     run_io.write_json_atomic(pathlib.Path(workdir) / "config.json", run_io.config_to_dict(config))
@@ -178,7 +179,7 @@ def test_worker_cpus_are_equal_shares_or_one_each_in_turn(monkeypatch):
 
 def affinity_run(config, workdir):
     """`fake_run`, with the CPUs its process may use in the summary."""
-    from phasemix import run_io
+    from phasemix.base import run_io
 
     summary = {**fake_run(config, workdir),
                "cpus": "+".join(map(str, sorted(os.sched_getaffinity(0))))}

@@ -7,8 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from phasemix import synbio, tokenizer, validation
-from phasemix.synbio import ATTRIBUTES
+from phasemix.base import validation
+from phasemix.data import synbio, tokenizer
+from phasemix.data.synbio import ATTRIBUTES
 
 
 def config(**overrides):

@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from phasemix import reviews, tokenizer, validation
-from phasemix.tokenizer import CLS, PAD, UNK
+from phasemix.base import validation
+from phasemix.data import reviews, tokenizer
+from phasemix.data.tokenizer import CLS, PAD, UNK
 
 TEXTS = ["The movie was great, great fun!", "A dull movie.<br /><br />Not great.", "the end"]
 

@@ -18,7 +18,8 @@ import pytest
 
 from conftest import ROOT, run_python
 from experiments import grokking
-from phasemix import checkpointing, run_io, sharding, train, validation
+from phasemix.base import run_io, validation
+from phasemix.training import checkpointing, sharding, train
 
 
 def first_steps(config, num_steps: int) -> dict:
@@ -69,7 +70,7 @@ def test_four_devices_match_one_device(smoke_config):
 
 def test_micro_batches_give_the_gradient_of_the_whole_batch():
     """Slices with unequal loss-token counts: the step equals the one-batch step."""
-    from phasemix import losses, model as model_lib, optimizer as optimizer_lib
+    from phasemix.training import losses, model as model_lib, optimizer as optimizer_lib
 
     cfg = model_lib.TransformerConfig(vocab_size=11, max_len=6, d_model=16, num_heads=2, d_mlp=32)
     model = model_lib.Transformer(cfg)
@@ -282,7 +283,7 @@ def test_bad_loop_config_fails_before_writing(smoke_config, tmp_path):
 def test_workdir_from_before_the_execution_fields_still_resumes(smoke_config, tmp_path):
     """Execution-only fields (absent in older workdirs, or changed) do not refuse a workdir,
     for a run or for a sweep that looks for finished runs; other fields still do."""
-    from phasemix import sweep
+    from phasemix.runs import sweep
 
     older = run_io.config_to_dict(smoke_config)
     for field in run_io.EXECUTION_FIELDS:
@@ -402,7 +403,7 @@ def test_a_cache_dir_that_is_a_file_is_refused_by_name(tmp_path):
 def test_an_eval_batch_larger_than_every_set_pads_no_further(tmp_path, monkeypatch):
     """A huge --config.eval_batch_size evaluates the same as one that fits; it used to pad
     every set to eval_batch_size rows (out of memory at 10^9)."""
-    from phasemix import batching
+    from phasemix.data import batching
 
     padded_to = []
 

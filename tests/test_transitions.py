@@ -2,7 +2,7 @@
 
 import pytest
 
-from phasemix import transitions as tr
+from phasemix.analysis import transitions as tr
 
 
 def runs(size, generalized, memorized=100, acc=1.0):

@@ -8,7 +8,8 @@ import types
 
 import pytest
 
-from phasemix import web_text, validation
+from phasemix.base import validation
+from phasemix.data import web_text
 
 
 def config(**overrides):

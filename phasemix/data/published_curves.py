@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from phasemix import validation
+from phasemix.base import validation
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]  # phasemix/..
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]  # phasemix/data/../..
 DEFAULT_CURVES = REPO_ROOT / ".." / "shared" / "data" / "mixing_laws" / "5mix_losses.csv"
 WEIGHTS_FILE = "pile_valid_weight.json"
 DOMAINS = ("academic", "prose", "dialogue", "symbolic", "internet")

@@ -33,7 +33,8 @@ import jax
 import numpy as np
 import scipy.stats
 
-from phasemix import law_fit, mixing_laws, synbio
+from phasemix.data import synbio
+from phasemix.analysis import law_fit, mixing_laws
 
 LN2 = math.log(2.0)
 

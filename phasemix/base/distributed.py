@@ -21,7 +21,7 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from phasemix import validation
+from phasemix.base import validation
 
 DEFAULT_TIMEOUT_S = 300  # to connect to the coordinator and for every process to join
 DEFAULT_HEARTBEAT_TIMEOUT_S = 100  # after which a silent process counts as dead

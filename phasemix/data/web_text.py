@@ -35,7 +35,8 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from phasemix import reviews, run_io, validation
+from phasemix.base import run_io, validation
+from phasemix.data import reviews
 
 SOURCES = ("offline", "huggingface")
 OFFLINE_CORPORA = ("wiki", "imdb")

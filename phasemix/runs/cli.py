@@ -18,7 +18,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from phasemix import distributed, validation
+from phasemix.base import distributed, validation
 
 RunFn = Callable[..., dict[str, Any]]  # (config, workdir[, shard=...]) -> summary
 XLA_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "xla")
@@ -127,7 +127,7 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
             validation.require_cache_dirs(config)
             _start_distributed()
             if sweep:
-                from phasemix import sweep as sweep_lib
+                from phasemix.runs import sweep as sweep_lib
 
                 summary = run(config, workdir, shard=sweep_lib.parse_shard(flags.FLAGS.shard))
             else:

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import ml_collections
 from absl import logging
 
-from phasemix import distributed, progress, run_io, validation
+from phasemix.base import distributed, progress, run_io, validation
 
 RunFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
 # Trains runs that differ only in seed as one vmapped program: (configs, workdirs) -> summaries.

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from phasemix import batching, synbio, tokenizer as tokenizer_lib, validation
+from phasemix.base import validation
+from phasemix.data import batching, synbio, tokenizer as tokenizer_lib
 
 SEPARATOR = tokenizer_lib.CLS
 _RENDER_BLOCK = 4096  # biographies rendered and tokenised per block

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from absl import logging
 
-from phasemix import run_io, validation
+from phasemix.base import run_io, validation
 
 PAD, UNK, CLS = 0, 1, 2
 SPECIALS = ("<pad>", "<unk>", "<cls>")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from phasemix import validation
+from phasemix.base import validation
 
 SEQ_LEN = 3
 

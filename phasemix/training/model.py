@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
-from phasemix import validation
+from phasemix.base import validation
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": nn.gelu,

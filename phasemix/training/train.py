@@ -4,7 +4,7 @@ An experiment builds a `Task` (model hyper-parameters, loss, batches, evaluation
 and calls `train_and_evaluate(config, workdir, task)`. Re-running the same command on the same
 workdir resumes from the last checkpoint; SIGTERM saves a checkpoint before exiting.
 
-Several processes (`phasemix.distributed`) run the same loop over one mesh of all their
+Several processes (`phasemix.base.distributed`) run the same loop over one mesh of all their
 devices: each feeds its rows of every batch, all save the checkpoint together, and process 0
 alone writes metrics, summaries and figures. A checkpoint resumes on any number of processes.
 """
@@ -31,9 +31,10 @@ from absl import logging
 
 from jax.experimental import multihost_utils
 
-from phasemix import (batching, checkpointing, compilation, distributed, losses, model as model_lib,
-                      optimizer as optimizer_lib, params as params_lib, plotting, progress, run_io,
-                      sharding, validation)
+from phasemix.base import distributed, plotting, progress, run_io, validation
+from phasemix.data import batching
+from phasemix.training import (checkpointing, compilation, losses, model as model_lib,
+                               optimizer as optimizer_lib, params as params_lib, sharding)
 
 LossFn = Callable[[jax.Array, dict[str, jax.Array]], tuple[jax.Array, losses.Metrics]]
 PREEMPTED_EXIT_CODE = run_io.PREEMPTED_EXIT_CODE

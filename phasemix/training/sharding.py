@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from phasemix import validation
+from phasemix.base import validation
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from phasemix import validation
+from phasemix.base import validation
 
 DATASETS = ("imdb", "yelp")
 SOURCES = ("offline", "tfds")

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import ml_collections
 import numpy as np
 
-from phasemix import validation
+from phasemix.base import validation
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 import optax
 
-from phasemix import validation
+from phasemix.base import validation
 
 SCHEDULES = ("constant", "cosine", "wsd")
 

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from phasemix import model as model_lib
+from phasemix.training import model as model_lib
 
 
 def final_hidden_states(model_config: model_lib.TransformerConfig, params: Any,

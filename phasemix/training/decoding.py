@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phasemix import model as model_lib
+from phasemix.training import model as model_lib
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_new"))

@@ -27,7 +27,7 @@ import optax
 import optax.tree_utils as otu
 import scipy.stats
 
-from phasemix.mixing_laws import Law, Params
+from phasemix.analysis.mixing_laws import Law, Params
 
 SPLITS = ("fit", "extrap_step", "heldout_mix", "heldout_both")
 MIN_PAD = 64  # data are padded (weight 0) to a power of two >= this, to share compilations
