@@ -16,11 +16,12 @@ from __future__ import annotations
 import functools
 
 import ml_collections
+from absl import logging
 
 from phasemix.base import validation
 from phasemix.data import batching, modular
 from phasemix.training import losses, model as model_lib, optimizer, train
-from phasemix.analysis import transitions
+from phasemix.analysis import cds_law, transitions
 from phasemix.runs import cli
 
 MEMORIZED_AT = 0.99  # train accuracy that counts as memorised
@@ -35,7 +36,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.task = ml_collections.ConfigDict(dict(
         op="add",  # add | sub | mul | div | x2_xy_y2  (a op b mod p)
         p=97,  # the modulus (prime for div)
-        train_fraction=0.3,  # fraction of all pairs used for training (if train_count is None)
+        # Fraction of all pairs used for training (if train_count is None), or "auto": a margin
+        # above this op and modulus's predicted critical data size (phasemix/analysis/cds_law.py).
+        train_fraction=ml_collections.FieldReference(0.3, field_type=object),
         train_count=ml_collections.config_dict.placeholder(int),  # or an exact count
     ))
     config.model = ml_collections.ConfigDict(dict(
@@ -122,9 +125,47 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.
                                     test_size=len(test_set["inputs"])))
 
 
+def resolve_train_fraction(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`task.train_fraction="auto"` becomes the predicted safe fraction; an explicit size below
+    the predicted critical data size gets a one-line warning before training."""
+    task = config.task
+    if task.train_fraction != "auto":
+        if task.train_count is None and isinstance(task.train_fraction, (int, float)):
+            predicted = cds_law.predicted_count(task.op, task.p)
+            size = modular.train_size(task)
+            if predicted is not None and size < predicted:
+                safe = cds_law.auto_fraction(task.op, task.p)
+                logging.warning(
+                    "--config.task.train_fraction=%g gives %d training pairs, below the "
+                    "predicted critical data size of %d for %s mod %d: the run will likely "
+                    "memorise and never generalise; use --config.task.train_fraction=auto "
+                    "(%.3f) or more", task.train_fraction, size, round(predicted), task.op,
+                    task.p, min(safe, cds_law.MAX_FRACTION))
+        return config
+    validation.require(task.train_count is None, "task.train_count",
+                       "must be unset with --config.task.train_fraction=auto", task.train_count)
+    fraction = cds_law.auto_fraction(task.op, task.p)
+    validation.require(fraction is not None, "task.train_fraction",
+                       f"'auto' has no critical-size prediction for op {task.op!r} (predicted: "
+                       f"{sorted(cds_law.FIT) or 'none yet'}); give a fraction", "auto")
+    validation.require(fraction <= cds_law.MAX_FRACTION, "task.train_fraction",
+                       f"'auto' would need {fraction:.3f} of the pairs ({cds_law.MARGIN}x the "
+                       f"predicted critical size {cds_law.predicted_count(task.op, task.p):.0f}),"
+                       f" above {cds_law.MAX_FRACTION}: too little test data is left", "auto")
+    values = config.to_dict()
+    values["task"]["train_fraction"] = round(fraction, 4)
+    resolved = ml_collections.ConfigDict(values)
+    logging.info("--config.task.train_fraction=auto: %.4f of the %d pairs (%gx the predicted "
+                 "critical size %.0f of %s mod %d)", resolved.task.train_fraction,
+                 modular.num_pairs(task.op, task.p), cds_law.MARGIN,
+                 cds_law.predicted_count(task.op, task.p), task.op, task.p)
+    return resolved
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     import jax
 
+    config = resolve_train_fraction(config)
     task = make_task(config, jax.device_count())
     summary = train.train_and_evaluate(config, workdir, task)
     _plot(config, workdir, summary)
@@ -135,6 +176,7 @@ def run_vmapped(configs: list[ml_collections.ConfigDict], workdirs: list[str]) -
     """Runs that differ only in seed, trained together as one vmapped program."""
     import jax
 
+    configs = [resolve_train_fraction(c) for c in configs]
     tasks = [make_task(c, jax.device_count()) for c in configs]
     summaries = train.train_and_evaluate_vmapped(configs, workdirs, tasks)
     for config, workdir, summary in zip(configs, workdirs, summaries):

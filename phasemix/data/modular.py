@@ -49,8 +49,12 @@ def validate(task: ml_collections.ConfigDict) -> None:
     validation.require_memory(total * BYTES_PER_PAIR, "task.p", f"its {total:,} equations",
                               task.p)
     # Checked even where train_count overrides it, so that a mistyped value never passes.
-    validation.require(0 < task.train_fraction < 1, "task.train_fraction", "must be in (0, 1)",
-                       task.train_fraction)
+    # "auto" is resolved by the experiment (a predicted critical data size) before the split.
+    if task.train_fraction == "auto":
+        return
+    validation.require(isinstance(task.train_fraction, (int, float))
+                       and 0 < task.train_fraction < 1, "task.train_fraction",
+                       "must be in (0, 1) or 'auto'", task.train_fraction)
     if task.train_count is not None:
         validation.require(1 <= task.train_count < total, "task.train_count",
                            f"must be in [1, {total - 1}] (there are {total} pairs; the rest "
