@@ -58,6 +58,27 @@ else
   mkdir -p "$log_dir"
 fi
 
+# One argument as the shell reads it back: bare if plain, else in single quotes (NAME=value
+# and --flag=value quote only the value, so an environment assignment still reads as one).
+quote() {
+  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
+    printf '%s' "$1"
+  elif [[ $1 =~ ^([A-Za-z0-9_@%+:,./-]+=)(.*)$ ]]; then
+    printf "%s'%s'" "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]//\'/\'\\\'\'}"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+# Prints a command quoted, on one line.
+show() {
+  local line="" arg
+  for arg in "$@"; do
+    line+="$(quote "$arg") "
+  done
+  echo "${line% }"
+}
+
 pids=()
 stop_all() {
   local signal=$1 pid
@@ -72,15 +93,15 @@ for ((i = 0; i < num_processes; i++)); do
   command=("$python" -m "$module" --coordinator_address="127.0.0.1:$port"
            --num_processes="$num_processes" --process_id="$i" "$@")
   if ((dry_run)); then
-    line="JAX_PLATFORMS=$(printf '%q' "$JAX_PLATFORMS") "
+    environment=("JAX_PLATFORMS=$JAX_PLATFORMS")
     if [[ -n ${XLA_FLAGS:-} ]]; then  # inherited, e.g. several CPU devices per process
-      line+="XLA_FLAGS=$(printf '%q' "$XLA_FLAGS") "
+      environment+=("XLA_FLAGS=$XLA_FLAGS")
     fi
-    line+=$(printf '%q ' "${command[@]}")
+    line=$(show "${environment[@]}" "${command[@]}")
     if ((i == 0)); then
-      echo "${line% }"
+      echo "$line"
     else
-      echo "${line}> $(printf '%q' "$log_dir/process_$i.log") 2>&1"
+      echo "$line > $(quote "$log_dir/process_$i.log") 2>&1"
     fi
   elif ((i == 0)); then
     "${command[@]}" &
