@@ -50,7 +50,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.web = web_text.default_config()
     config.mix = ml_collections.ConfigDict(dict(
         keep_fraction=1.0,  # mitigation: train on a seeded random subset of the people
-        compact_fraction=0.0,  # mitigation: this share of SynBio tokens as compact tuples
+        # Mitigation, replacement form: this share of the SynBio tokens as compact tuples.
+        compact_fraction=0.0,
+        # Compact knowledge mixing as the paper does it (tau): compact tuples added as this
+        # fraction of all training tokens beside the biographies (r kept); web gets 1 - r - tau.
+        tuple_fraction=0.0,
     ))
     config.vocab_size = 5200  # every word of every SynBio value, then the top web words
     config.seq_len = 64  # tokens per training sequence (documents are packed)
@@ -107,8 +111,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        "must be in (0, 1]", config.mix.keep_fraction)
     validation.require(0 <= config.mix.compact_fraction < 1, "mix.compact_fraction",
                        "must be in [0, 1)", config.mix.compact_fraction)
+    validation.require(0 <= config.mix.tuple_fraction < 1 and
+                       config.ratio + config.mix.tuple_fraction <= 1, "mix.tuple_fraction",
+                       f"must be in [0, 1 - --config.ratio] = [0, {1 - config.ratio:g}]",
+                       config.mix.tuple_fraction)
     if config.ratio == 0:  # no SynBio tokens: a mitigation would silently change nothing
-        for field, off in (("keep_fraction", 1.0), ("compact_fraction", 0.0)):
+        for field, off in (("keep_fraction", 1.0), ("compact_fraction", 0.0),
+                           ("tuple_fraction", 0.0)):
             validation.require(config.mix[field] == off, f"mix.{field}",
                                f"has no effect at --config.ratio=0 (web text alone): leave it "
                                f"at {off:g}", config.mix[field])
@@ -139,15 +148,25 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[
                          .permutation(len(bio))[:keep])
     batch_size = config.batch_size - config.batch_size % num_devices
     validation.require(batch_size > 0, "batch_size", f"must be >= the {num_devices} devices")
-    weights = [config.ratio, 1 - config.ratio]
-    bio_rows = int(mixture.apportion(weights, config.num_steps * batch_size)[0])
+    tau = config.mix.tuple_fraction
+    # With tuples the mixture has three domains (biographies, tuples, web); without, two, as
+    # every run before tuples existed.
+    weights = [config.ratio, tau, 1 - config.ratio - tau] if tau else [config.ratio,
+                                                                       1 - config.ratio]
+    rows_K = mixture.apportion(weights, config.num_steps * batch_size)
+    bio_rows = int(rows_K[0])
     # At least MIN_BIO_TOKENS, so that tokens_per_bio is an average even when few (r = 0:
     # none) are trained on; the stream's prefix does not depend on its length.
     bios = knowledge.bio_stream(bio, tok, max(bio_rows * (config.seq_len + 1) + 1,
                                               MIN_BIO_TOKENS),
                                 config.synbio.seed, people, config.mix.compact_fraction)
     web = knowledge.web_stream(tok, web_train.texts, config.seed, config.cache_dir)
-    batches = mixture.MixtureBatches([bios.tokens, web], weights, batch_size, config.seq_len,
+    streams = [bios.tokens, web]
+    if tau:
+        streams.insert(1, knowledge.tuple_stream(
+            bio, tok, max(int(rows_K[1]) * (config.seq_len + 1) + 1, MIN_BIO_TOKENS),
+            config.synbio.seed, people))
+    batches = mixture.MixtureBatches(streams, weights, batch_size, config.seq_len,
                                      config.num_steps)
 
     trained_people = np.arange(len(bio)) if people is None else people
@@ -174,7 +193,8 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[
         "exposures_max": int(np.max(trained)),
         # Tokens per drawn biography, its separator included: T of the capacity theory.
         "tokens_per_bio": float(bios.end_D[-1] / len(bios.end_D)),
-        "web_epochs": float(batches.epochs()[1]), **counts,
+        "web_epochs": float(batches.epochs()[-1]), **counts,
+        "tuple_token_fraction": float(rows_K[1] / rows_K.sum()) if tau else 0.0,
         # How many values each attribute can take: the pool sizes behind learned bits.
         **{f"pool_{a}": n for a, n in bio.value_counts().items()},
     }

@@ -140,3 +140,26 @@ def test_a_mitigation_without_synbio_is_refused_not_ignored(field, value):
     with pytest.raises(validation.ConfigError, match=rf"^--config.mix.{field}={value}: has no "
                        r"effect at --config.ratio=0"):
         knowledge_mixing.validate(config)
+
+
+def test_tuples_are_added_beside_the_biographies_at_their_token_fraction():
+    """tau = 0.25 at r = 0.3: a quarter of the rows are compact tuples, the biographies keep
+    their 0.3 (the paper's compact knowledge mixing adds, it does not replace)."""
+    config = knowledge_mixing.get_config("smoke")
+    config.ratio, config.mix.tuple_fraction = 0.3, 0.25
+    task, extras = knowledge_mixing.make_task(config)
+    domains = np.concatenate([task.train_batches[s]["domain"] for s in range(config.num_steps)])
+    rows = config.num_steps * config.batch_size
+    assert np.bincount(domains, minlength=3).tolist() == [round(0.3 * rows), round(0.25 * rows),
+                                                           rows - round(0.3 * rows)
+                                                           - round(0.25 * rows)]
+    tuples = np.concatenate([task.train_batches[s]["inputs"][
+        task.train_batches[s]["domain"] == 1] for s in range(config.num_steps)])
+    assert (tuples == extras["tokenizer"].ids["bio"]).sum() > 0  # "Bio:" opens every tuple
+    summary = task.summarize([{"step": 0, "web_val_loss": 5.0, **{
+        f"{n}_exact_match": 0.0 for n in knowledge_mixing.ATTRIBUTE_SETS}}])
+    assert summary["bio_token_fraction"] == pytest.approx(0.3, abs=0.01)
+    assert summary["tuple_token_fraction"] == pytest.approx(0.25, abs=0.01)
+    config.mix.tuple_fraction = 0.75  # r + tau > 1
+    with pytest.raises(validation.ConfigError, match="mix.tuple_fraction"):
+        knowledge_mixing.validate(config)

@@ -72,6 +72,9 @@ class BioStream:
         return np.bincount(self.person_D[done], minlength=num_people)
 
 
+TUPLE_SEED_OFFSET = 7919  # the tuple stream's draws: a seed apart from the biographies'
+
+
 def _draws(bio: synbio.SynBio, start: int, stop: int, seed: int,
            people: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """SynBio's draws, or with `people` epochs of seeded permutations of just those people."""
@@ -113,6 +116,27 @@ def bio_stream(bio: synbio.SynBio, tok: tokenizer_lib.Tokenizer, num_tokens: int
                 break
     return BioStream(np.concatenate(pieces), np.array(person_D, np.int64),
                      np.array(end_D, np.int64))
+
+
+def tuple_stream(bio: synbio.SynBio, tok: tokenizer_lib.Tokenizer, num_tokens: int, seed: int,
+                 people: np.ndarray | None = None) -> np.ndarray:
+    """Compact tuples ("Bio: N ... B ...") of people drawn as biographies are, until
+    `num_tokens` tokens: the paper's compact knowledge mixing, added beside the biographies.
+
+    The draws use their own seed (`seed` + TUPLE_SEED_OFFSET), so the tuples' order is not
+    the biographies' order.
+    """
+    pieces, total, start = [], 0, 0
+    while total < num_tokens:
+        person_B, _ = _draws(bio, start, start + _RENDER_BLOCK, seed + TUPLE_SEED_OFFSET, people)
+        start += _RENDER_BLOCK
+        for person in person_B.tolist():
+            ids = tok.token_ids(bio.compact(int(person)))
+            pieces += [np.array([SEPARATOR], np.int32), ids]
+            total += len(ids) + 1
+            if total >= num_tokens:
+                break
+    return np.concatenate(pieces)
 
 
 def query_arrays(tok: tokenizer_lib.Tokenizer, queries: Sequence[synbio.Query],
