@@ -85,7 +85,7 @@ def knowledge_base_bench() -> Bench:
 
 
 def benches() -> dict[str, Bench]:
-    """The issue's three models and two experiments' own (not run by default)."""
+    """The three benchmark models and two experiments' own (not run by default)."""
     return {**BENCHES, "sweep_base": sweep_base_bench(),
             "knowledge_base": knowledge_base_bench()}
 

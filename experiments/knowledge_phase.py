@@ -237,8 +237,8 @@ def critical_point(points: list[dict[str, Any]], x_key: str, level: float,
 
 def sharpness(points: list[dict[str, Any]], x_key: str, low: float = 0.1,
               high: float = 0.5) -> dict[str, Any]:
-    """The smallest factor in x that takes the accuracy from < `low` to > `high` (the issue's
-    test of a sharp transition: within 2x), with the pair of grid points that achieve it."""
+    """The smallest factor in x that takes the accuracy from < `low` to > `high` (the
+    study's test of a sharp transition: within 2x), with the pair of grid points that achieve it."""
     best = None
     for a in points:
         for b in points:

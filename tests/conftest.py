@@ -1,4 +1,4 @@
-"""Shared test helpers: tiny configs and a runner for subprocesses with N simulated devices."""
+"""Shared test fixtures: tiny configs and a runner for subprocesses with N simulated devices."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # One XLA compilation cache per test process, inherited by the subprocesses it starts (sweep
 # workers, notebooks, multi-device runs): many tests train the same smoke programs, and a
 # cache hit replaces a compile (test_train.py: 1.5x faster). Removed at exit, so every
-# session starts cold. Set JAX_COMPILATION_CACHE_DIR yourself to keep one across sessions.
+# pytest run starts cold. Set JAX_COMPILATION_CACHE_DIR yourself to keep one across runs.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _XLA_CACHE = tempfile.mkdtemp(prefix="phasemix-test-xla-")
     atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
