@@ -24,6 +24,7 @@ RUN_TABLES = (
     "grokking/demo.csv",
     "grokking/sentiment_runs.csv",
     "grokking/sentiment_curves.csv",
+    "grokking/classifier_weights.csv",
     "knowledge/runs.csv",
     "knowledge/frequency.csv",
     "bimix/proxy_strategies.csv",
