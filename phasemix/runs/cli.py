@@ -248,7 +248,11 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
         except validation.ConfigError as e:
             sys.exit(f"error: {e}")
         if flags.FLAGS.print_config:
-            print(json.dumps(run_io.config_to_dict(config), indent=2, sort_keys=True))
+            try:
+                print(json.dumps(run_io.config_to_dict(config), indent=2, sort_keys=True))
+                sys.stdout.flush()
+            except BrokenPipeError:  # e.g. `--print_config | head`: the reader has enough
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return
         if not validation.is_folder_or_absent(flags.FLAGS.xla_cache):
             sys.exit(f"error: --xla_cache={flags.FLAGS.xla_cache}: is a file, not a folder")
