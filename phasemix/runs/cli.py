@@ -77,8 +77,9 @@ def _define_distributed_flags() -> None:
     flags.DEFINE_integer("process_id", None, "This process's index, in [0, num_processes).",
                          module_name=module)
     flags.DEFINE_enum("distributed", "auto", ["auto", "off"],
-                      "auto: use the three flags above, else SLURM's or the TPU VM's "
-                      "environment; off: one process.", module_name=module)
+                      "auto: --coordinator_address, --num_processes and --process_id, else "
+                      "SLURM's or the TPU VM's environment; off: one process.",
+                      module_name=module)
     flags.DEFINE_float("distributed_timeout", distributed.DEFAULT_TIMEOUT_S,
                        "Seconds to reach the coordinator and for every process to join.",
                        module_name=module)
