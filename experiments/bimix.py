@@ -64,10 +64,14 @@ def run_config(smoke: bool = False) -> ml_collections.ConfigDict:
     config.domains = domains.default_config()
     config.mixture = (0.25, 0.25, 0.25, 0.25)  # share of training sequences, domains.names order
     config.vocab_size = 4096  # most frequent words over all domains' train documents
-    config.seq_len = 64
+    config.seq_len = 64  # tokens per training sequence
     config.model = ml_collections.ConfigDict(dict(
-        preset="tiny-32", activation="gelu", pos_embedding="learned", init_scale=1.0,
-        dtype="float32"))
+        preset="tiny-32",  # phasemix/training/presets.py: depth, width, heads
+        activation="gelu",  # the MLP's nonlinearity
+        pos_embedding="learned",  # learned | sinusoidal | none
+        init_scale=1.0,  # alpha: every initial parameter is multiplied by it
+        dtype="float32",  # compute dtype (parameters stay float32)
+    ))
     config.opt = optimizer.default_config()
     # Constant after warmup: a decaying schedule bends every curve towards its own end, which
     # the laws' step term (one power law in s) cannot describe.
@@ -75,15 +79,21 @@ def run_config(smoke: bool = False) -> ml_collections.ConfigDict:
     config.opt.lr = 3e-3
     config.opt.weight_decay = 0.1
     config.opt.warmup_steps = 50
-    config.batch_size = 16
-    config.num_steps = 1000
+    config.batch_size = 16  # sequences per step
+    config.num_steps = 1000  # optimizer steps
     config.eval_every = 125  # every evaluation is a row of the law fits
     config.eval_windows = 256  # validation windows per domain, spread over its documents
-    config.eval_batch_size = 256
+    config.eval_batch_size = 256  # rows per evaluation batch
     # Slices of each batch whose gradients run as independent chains (the cores of a CPU
     # work on them at once); 0: train.auto_micro_batches decides (1 on accelerators).
     config.micro_batches = 0
-    config.checkpoint_every = 500
+    # On a CPU, YNNPACK's dot kernels (XLA's default); grokking turns them off for its small
+    # products. No effect on accelerators.
+    config.xla_cpu_ynnpack = True
+    # Devices that split each parameter and its optimizer state between them (FSDP; a divisor
+    # of the devices); 1: every device holds the whole state.
+    config.fsdp = 1
+    config.checkpoint_every = 500  # steps between checkpoints (and at the end)
     config.cache_dir = CACHE_DIR  # tokenizer and token streams
     if smoke:
         config.domains.names = ("encyclopedia", "biographies")  # the quickest to load
@@ -101,6 +111,10 @@ def run_config(smoke: bool = False) -> ml_collections.ConfigDict:
         config.eval_batch_size = 16
         config.checkpoint_every = 8
     return config
+
+
+# --config=<this file>:<variant> takes these ('': the default); --help lists them.
+VARIANTS = ("", "smoke")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

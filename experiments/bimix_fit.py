@@ -45,6 +45,10 @@ HEADLINE = (("extrap_step", "mre"), ("heldout_mix", "r2"), ("heldout_mix", "with
             ("heldout_mix", "within_step_spearman"), ("heldout_mix", "mre"))
 
 
+# --config=<this file>:<variant> takes these ('': the default); --help lists them.
+VARIANTS = ("", "full", "smoke")
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """Default: every law on the four sizes with 26 mixtures, one held-out draw, one zero-share
     policy. `full`: two draws and both policies. `smoke`: one size, seconds."""

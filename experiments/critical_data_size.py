@@ -1,4 +1,4 @@
-"""Critical data size of modular arithmetic (Zhu et al. 2024): sample-wise and model-wise sweeps.
+r"""Critical data size of modular arithmetic (Zhu et al. 2024): sample-wise and model-wise sweeps.
 
 Sample-wise (default; ~15 minutes on a 2-core CPU): train-set sizes from well below to well
 above the critical size, 3 seeds each, every run a grokking run with a fixed step budget:
@@ -60,6 +60,11 @@ STUDIES = {
                        "sentiment_grokking", sentiment_grokking.run, sentiment_grokking.validate,
                        None),
 }
+
+
+# --config=<this file>:<variant> takes these ('': the default); --help lists them.
+VARIANTS = ("", "model", "smoke", "model_smoke", "sentiment", "sentiment_model",
+            "sentiment_smoke")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

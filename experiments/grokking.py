@@ -1,4 +1,4 @@
-"""Grokking modular arithmetic with a 1-layer decoder (Zhu et al. 2024; Power et al. 2022).
+r"""Grokking modular arithmetic with a 1-layer decoder (Zhu et al. 2024; Power et al. 2022).
 
 Run (the README's demo, a few minutes on a 2-core CPU):
   python -m experiments.grokking --workdir=runs/grokking
@@ -28,6 +28,10 @@ MEMORIZED_AT = 0.99  # train accuracy that counts as memorised
 GENERALIZED_AT = 0.95  # test accuracy that counts as generalised
 
 
+# --config=<this file>:<variant> takes these ('': the default); --help lists them.
+VARIANTS = ("", "smoke")
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """Default: the demo. `smoke`: a seconds-long run for tests."""
     config = ml_collections.ConfigDict()
@@ -42,30 +46,33 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         train_count=ml_collections.config_dict.placeholder(int),  # or an exact count
     ))
     config.model = ml_collections.ConfigDict(dict(
-        num_layers=1,
-        d_model=128,
-        num_heads=4,
-        d_mlp=512,
-        activation="gelu",
+        num_layers=1,  # decoder blocks
+        d_model=128,  # residual stream width
+        num_heads=4,  # attention heads (d_model / num_heads each)
+        d_mlp=512,  # hidden width of each block's MLP
+        activation="gelu",  # the MLP's nonlinearity
         pos_embedding="learned",  # learned | sinusoidal | none
         init_scale=1.0,  # alpha: every initial parameter is multiplied by it
-        dtype="float32",
+        dtype="float32",  # compute dtype (parameters stay float32)
     ))
     config.opt = optimizer.default_config()
     # Constant lr through the grokking phase, then linear decay over the last 20% of steps:
     # Adam's occasional loss spikes (the "slingshot") would otherwise decide the final numbers.
     config.opt.schedule = "wsd"
     config.batch_size = 512  # a batch_size >= the train set means full-batch training
-    config.num_steps = 4000
+    config.num_steps = 4000  # optimizer steps
     config.eval_every = 50  # steps between evaluations of the full train and test sets
-    config.eval_batch_size = 2048
+    config.eval_batch_size = 2048  # rows per evaluation batch
     # Slices of each batch whose gradients run as independent chains (the cores of a CPU
     # work on them at once); 0: train.auto_micro_batches decides (1 on accelerators).
     config.micro_batches = 0
     # On a CPU, XLA's own dot kernels instead of YNNPACK's: 1.07-1.19x faster steps for this
     # model's small products (README, Speed); the other experiments keep YNNPACK.
     config.xla_cpu_ynnpack = False
-    config.checkpoint_every = 1000
+    # Devices that split each parameter and its optimizer state between them (FSDP; a divisor
+    # of the devices); 1: every device holds the whole state.
+    config.fsdp = 1
+    config.checkpoint_every = 1000  # steps between checkpoints (and at the end)
     if variant == "smoke":
         config.task.p = 23
         config.task.train_fraction = 0.5

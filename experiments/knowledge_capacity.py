@@ -38,6 +38,10 @@ POOL_FIELDS = ("num_first_names", "num_middle_names", "num_last_names", "num_cit
                "num_universities", "num_majors", "num_employers")
 
 
+# --config=<this file>:<variant> takes these ('': the default); --help lists them.
+VARIANTS = ("", "smoke")
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """Default: tiny-16/32/48, N doubling from below to above each size's capacity."""
     if variant not in ("", "smoke"):

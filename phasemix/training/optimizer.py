@@ -32,7 +32,7 @@ def make_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sched
 def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
     """AdamW (decoupled weight decay on every parameter, as in the grokking papers)."""
     transforms = []
-    if opt.get("grad_clip"):
+    if opt.grad_clip:
         transforms.append(optax.clip_by_global_norm(opt.grad_clip))
     transforms.append(optax.adamw(make_schedule(opt, num_steps), b1=opt.b1, b2=opt.b2,
                                   weight_decay=opt.weight_decay))

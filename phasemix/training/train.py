@@ -154,7 +154,7 @@ def stack_micro_batches(batch: dict[str, jax.Array], micro_batches: int,
 def micro_batches_of(config: ml_collections.ConfigDict, task: Task, num_shards: int) -> int:
     """`config.micro_batches`, or with 0 (the default) `auto_micro_batches`'s choice."""
     rows, tokens_per_row = task.train_batches[0]["inputs"].shape
-    requested = config.get("micro_batches", 0)
+    requested = config.micro_batches
     if not requested:
         return auto_micro_batches(rows, tokens_per_row, num_shards)
     validation.require(rows % (requested * num_shards) == 0, "micro_batches",
@@ -196,20 +196,32 @@ def weight_norms(params: Any) -> dict[str, jax.Array]:
     return {"weight_norm": params_lib.global_norm(params), **norms}
 
 
+# Every config field the loop reads: each trainer experiment's get_config declares them all, so
+# --print_config shows what a run depends on.
+LOOP_FIELDS = ("seed", "num_steps", "batch_size", "eval_every", "eval_batch_size",
+               "checkpoint_every", "micro_batches", "xla_cpu_ynnpack", "fsdp",
+               "model.init_scale", "opt")
+
+
 def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    for field in LOOP_FIELDS:
+        parent, _, leaf = field.rpartition(".")
+        if leaf not in (config[parent] if parent else config):
+            validation.fail(field, "is missing from the config; the trainer reads it (declare "
+                            "it in the experiment's get_config)")
     validation.require_seeds(config)
     validation.require_positive(config, "num_steps", "batch_size", "eval_every",
                                 "checkpoint_every", "eval_batch_size")
     for field in ("batch_size", "eval_batch_size"):
         validation.require(config[field] % num_devices == 0, field,
                            f"must be a multiple of the {num_devices} devices", config[field])
-    fsdp = config.get("fsdp", 1)  # optional: experiments whose models need it add the field
+    fsdp = config.fsdp
     validation.require(isinstance(fsdp, int) and fsdp >= 1 and num_devices % fsdp == 0, "fsdp",
                        f"must be a positive divisor of the {num_devices} devices", fsdp)
-    micro_batches = config.get("micro_batches", 0)  # optional field; 0 = auto
+    micro_batches = config.micro_batches  # 0 = auto
     validation.require(isinstance(micro_batches, int) and micro_batches >= 0, "micro_batches",
                        "must be 0 (auto) or a positive number of slices", micro_batches)
-    ynnpack = config.get("xla_cpu_ynnpack", True)  # optional field
+    ynnpack = config.xla_cpu_ynnpack
     validation.require(isinstance(ynnpack, bool), "xla_cpu_ynnpack", "must be True or False",
                        ynnpack)
     validation.require_positive(config, "model.init_scale")
@@ -258,7 +270,7 @@ def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.shar
                    num_runs: int | None = None) -> Programs:
     """jit with explicit shardings: batches split over every device; the state replicated, or
     split over the mesh's 'fsdp' axis if it has one."""
-    platform, ynnpack = mesh.devices.flat[0].platform, config.get("xla_cpu_ynnpack", True)
+    platform, ynnpack = mesh.devices.flat[0].platform, config.xla_cpu_ynnpack
     # Vmapped runs keep autodiff's kernel gradients: under vmap, XLA's CPU dot emitter
     # (jaxlib 0.10.2) aborts on the barrier's layout when a layer's input is a slice or a mean.
     model = model_lib.Transformer(dataclasses.replace(
@@ -391,7 +403,7 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
         validate_loop_config(c, jax.device_count())
         micro_batches_of(c, t, jax.device_count())  # checks an explicit choice divides
         t.model_config.validate()
-    fsdp = config.get("fsdp", 1)
+    fsdp = config.fsdp
     if vectorized and fsdp > 1:
         validation.fail("fsdp", "is not supported for vmapped runs: train them one by one", fsdp)
     mesh = sharding.make_mesh(fsdp=fsdp)
