@@ -145,6 +145,8 @@ def test_every_study_has_its_extra_and_all_covers_them():
 def test_constraints_pin_what_setup_cfg_pins():
     pins = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
         req = Requirement(line)
         assert len(req.specifier) == 1 and next(iter(req.specifier)).operator == "==", line
         pins[canonical(req.name)] = next(iter(req.specifier)).version
