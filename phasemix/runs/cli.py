@@ -18,7 +18,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from phasemix.base import distributed, validation
+from phasemix.base import distributed, run_io, validation
 
 RunFn = Callable[..., dict[str, Any]]  # (config, workdir[, shard=...]) -> summary
 XLA_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "xla")
@@ -132,6 +132,9 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
                 summary = run(config, workdir, shard=sweep_lib.parse_shard(flags.FLAGS.shard))
             else:
                 summary = run(config, workdir)
+        except run_io.Diverged as e:  # exit 3, not bad input's 1: the flags were valid
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(run_io.DIVERGED_EXIT_CODE)
         except validation.ConfigError as e:
             sys.exit(f"error: {e}")
         if distributed.is_primary():
