@@ -17,7 +17,7 @@ import functools
 
 import ml_collections
 
-from phasemix.base import validation
+from phasemix.base import run_io, validation
 from phasemix.data import batching, modular
 from phasemix.training import losses, model as model_lib, optimizer, train
 from phasemix.analysis import transitions
@@ -125,6 +125,7 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     import jax
 
+    run_io.require_workdir(workdir)
     task = make_task(config, jax.device_count())
     summary = train.train_and_evaluate(config, workdir, task)
     _plot(config, workdir, summary)

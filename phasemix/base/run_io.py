@@ -124,7 +124,7 @@ def unchanged_on_failure(folder: str | os.PathLike,
     """Puts back the files directly in `folder` (tables, figures, summaries; not its
     subfolders, nor names in `keep`) as they were, if the block raises: a sweep whose analysis
     fails leaves its earlier results, not a mix of old and new ones. Files the block created
-    are removed again."""
+    are removed again. `Diverged` leaves the files as the block wrote them."""
     folder = pathlib.Path(folder)
     before = {}
     if folder.is_dir():
@@ -132,6 +132,8 @@ def unchanged_on_failure(folder: str | os.PathLike,
                   if p.is_file() and p.name not in keep}
     try:
         yield
+    except Diverged:  # not a failure of the tables: they record which runs diverged
+        raise
     except BaseException:
         if folder.is_dir():
             for path in folder.iterdir():

@@ -17,6 +17,7 @@ with every run finished so far, by any of them, so that it ends as the unsharded
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -33,7 +34,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import ml_collections
 from absl import logging
@@ -125,6 +126,23 @@ def apply_overrides(base: ml_collections.ConfigDict,
             raise validation.ConfigError(f"sweep override {dotted}={value!r}: {e}", dotted,
                                          value, reason) from e
     return config
+
+
+@contextlib.contextmanager
+def flags_under(prefix: str) -> Iterator[None]:
+    """Names a nested config's errors by their full flag: checks of `config.base` that fail
+    on `num_steps` say --config.base.num_steps, the flag a user passes to the sweep."""
+    try:
+        yield
+    except run_io.Diverged:
+        raise
+    except validation.ConfigError as e:
+        if not prefix or e.field is None or e.reason is None:
+            raise
+        field = f"{prefix}{e.field}"
+        shown = "" if e.value is None else f"={e.value!r}"
+        raise validation.ConfigError(f"--config.{field}{shown}: {e.reason}", field, e.value,
+                                     e.reason) from e
 
 
 def _finished(workdir: pathlib.Path,
