@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import pathlib
 import subprocess
+import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 TARGET_SPEEDUP = 1.3  # the performance issue's target over PyTorch eager
+
+
+def positive_ints(*holders: Any, at_least: int = 1) -> None:
+    """Exits with one line naming the flag if an integer (or list-of-integers) flag is below
+    `at_least` or not an integer: a benchmark of -5 steps would print negative rates."""
+    for holder in holders:
+        values = holder.value if isinstance(holder.value, list) else [holder.value]
+        for value in values:
+            try:
+                number = int(str(value).strip())
+            except ValueError:
+                number = None
+            if number is None or number < at_least:
+                shown = ",".join(map(str, values)) if isinstance(holder.value, list) else value
+                many = isinstance(holder.value, list)
+                what = (("positive integers" if many else "a positive integer") if at_least == 1
+                        else f"{'integers' if many else 'an integer'} >= {at_least}")
+                sys.exit(f"error: --{holder.name}={shown}: must be {what}")
 
 
 def time_matmul(n: int, iterations: int = 20) -> float:

@@ -26,7 +26,7 @@ import jax
 from absl import app, flags
 
 from benchmarks import vs_pytorch
-from benchmarks.common import TARGET_SPEEDUP, matmul_flops
+from benchmarks.common import TARGET_SPEEDUP, matmul_flops, positive_ints
 from benchmarks.vs_pytorch import _BATCH_SIZES, _MODELS, _ROUNDS, _SECONDS
 from phasemix.training import train
 
@@ -151,6 +151,7 @@ def trace_steps(run_steps, steps: int) -> tuple[list[tuple[str, str, float]], fl
 
 def main(argv):
     del argv
+    positive_ints(_STEPS, _TOP, _BATCH_SIZES, _ROUNDS)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {cpus} CPU(s)")
     for name in _MODELS.value:

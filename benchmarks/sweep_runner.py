@@ -18,6 +18,7 @@ import time
 
 from absl import app, flags, logging
 
+from benchmarks.common import positive_ints
 from experiments import critical_data_size, grokking
 from phasemix.runs import sweep
 
@@ -43,6 +44,8 @@ def timed_sweep(workers: int, vmapped: bool = False) -> tuple[float, float]:
 
 def main(argv):
     del argv
+    positive_ints(_WORKERS, _RUNS)
+    positive_ints(_NUM_STEPS, at_least=0)
     logging.set_verbosity(logging.WARNING)
     wall, single_runs = timed_sweep(1)
     results = {"sequential (1 process)": wall,

@@ -16,7 +16,7 @@ import time
 import jax
 from absl import app, flags
 
-from benchmarks.common import matmul_flops, time_matmul
+from benchmarks.common import matmul_flops, positive_ints, time_matmul
 from experiments import grokking
 from phasemix.training import sharding, train
 
@@ -50,6 +50,7 @@ def time_steps(step, state, batches, num_steps: int):
 
 def main(argv):
     del argv
+    positive_ints(_BATCH_SIZES, _REPEATS, _STEPS, _MATMUL_N)
     print(f"devices: {jax.devices()}")
     print(f"{'batch':>6} {'steps/s':>9} {'GFLOP/step':>11} {'step GFLOP/s':>13} "
           f"{'matmul GFLOP/s':>15} {'fraction':>9}")

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import matmul_flops, time_matmul
+from benchmarks.common import matmul_flops, positive_ints, time_matmul
 from experiments import critical_data_size, grokking, knowledge_mixing
 from phasemix.data import modular
 from phasemix.training import (compilation, losses, model as model_lib, optimizer as optimizer_lib,
@@ -225,6 +225,10 @@ def steps_per_second(run_steps, seconds: float) -> tuple[float, int]:
 
 def main(argv):
     del argv
+    positive_ints(_BATCH_SIZES, _ROUNDS)
+    positive_ints(_MICRO_BATCHES, _THREADS, at_least=0)
+    if not _SECONDS.value > 0:  # NaN fails too
+        raise SystemExit(f"error: --seconds={_SECONDS.value}: must be positive")
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

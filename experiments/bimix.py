@@ -190,6 +190,10 @@ def check_mixture(weights: Any, num_domains: int, field: str) -> None:
 
 def validate_run(config: ml_collections.ConfigDict, prefix: str = "") -> None:
     """The checks of one run that need no data (the sweep runs them for every run first)."""
+    import jax
+
+    with sweep.flags_under(prefix):  # the loop's own fields: steps, batch sizes, lr, ...
+        train.validate_loop_config(config, jax.device_count())
     domains.validate(config.domains, f"{prefix}domains")
     check_mixture(config.mixture, len(config.domains.names), f"{prefix}mixture")
     for key in ("seq_len", "eval_windows", "vocab_size"):
@@ -567,13 +571,23 @@ def plot_strategies(comparison_csv: pathlib.Path, path: pathlib.Path, title: str
 def run(config: ml_collections.ConfigDict, workdir: str,
         shard: sweep.Shard | None = None) -> dict[str, Any]:
     validate(config)
+    workdir_path = run_io.require_workdir(workdir)
+    # A study that fails part-way leaves the tables and figures of its last success.
+    with run_io.unchanged_on_failure(workdir_path):
+        return _study(config, workdir_path, shard)
+
+
+def _study(config: ml_collections.ConfigDict, workdir_path: pathlib.Path,
+           shard: sweep.Shard | None) -> dict[str, Any]:
     began = time.monotonic()
-    workdir_path = pathlib.Path(workdir)
     names = tuple(config.base.domains.names)
     domain_rows, mixtures = prepare(config)
     proxies = proxy_grid(config)
     common = dict(validate_fn=validate_run, workers=config.workers, shard=shard, base_flag="base")
-    rows = sweep.run_sweep(config.base, proxies, workdir_path, run_mixture, **common)
+    # The compared runs, added by the second call, are not known yet: not "dropped".
+    rows = sweep.run_sweep(config.base, proxies, workdir_path, run_mixture, **common,
+                           check_dropped=False)
+    sweep.require_none_diverged(rows, workdir_path)  # the fits need every proxy's curve
     run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     sweep.write_table(domain_rows, workdir_path / "domains.csv")
     if len(rows) < len(proxies):  # other shards still train proxies: re-run when they are done
@@ -590,6 +604,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     compared = [{"label": label, "mixture": mix, "seed": seed}
                 for label, mix in strategies.items() for seed in config.seeds]
     rows = sweep.run_sweep(config.base, proxies + compared, workdir_path, run_mixture, **common)
+    sweep.require_none_diverged(rows, workdir_path)
     if len(rows) < len(proxies) + len(compared):
         return {"runs": len(proxies) + len(compared), "runs_finished": len(rows),
                 "shard": str(shard)}

@@ -255,8 +255,16 @@ def _pca_figure(config, workdir: pathlib.Path, rows) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str,
         shard: sweep.Shard | None = None) -> dict[str, Any]:
     grid = overrides(config)
+    workdir_path = run_io.require_workdir(workdir)
+    # A sweep that fails part-way (e.g. a damaged checkpoint of the run the PCA figure reads)
+    # leaves the tables and figures of its last success.
+    with run_io.unchanged_on_failure(workdir_path):
+        return _sweep(config, grid, workdir_path, shard)
+
+
+def _sweep(config: ml_collections.ConfigDict, grid: list[dict[str, Any]],
+           workdir_path: pathlib.Path, shard: sweep.Shard | None) -> dict[str, Any]:
     study = STUDIES[config.study]
-    workdir_path = pathlib.Path(workdir)
     rows = sweep.run_sweep(config.base, grid, workdir_path, study.run,
                            validate_fn=study.validate, workers=config.workers,
                            group_fn=study.run_vmapped if config.vmap_seeds else None, shard=shard,
@@ -264,6 +272,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     if len(rows) < len(grid):  # other shards still running: they write the analysis
         return {"runs": len(grid), "runs_finished": len(rows), "shard": str(shard)}
+    # Diverged runs are marked in results.csv; the analysis uses the others.
+    finished = sweep.finished_rows(rows)
+    if not finished:
+        sweep.require_none_diverged(rows, workdir_path)
+    diverged, rows = len(rows) - len(finished), finished
     budget = config.base.num_steps
     if config.mode == "sample":
         analysis = analyse(rows, budget, study.size_field)
@@ -283,7 +296,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         summary = {"critical_size_by_model": [
             {k: m[k] for k in ("num_layers", "d_model", "critical_size", "critical_size_lower",
                                "critical_size_upper")} for m in per_model]}
-    summary.update(mode=config.mode, runs=len(rows))
+    summary.update(mode=config.mode, runs=len(rows), runs_diverged=diverged)
     run_io.write_json_atomic(workdir_path / run_io.SUMMARY_FILE, summary)
     _figures(config, workdir_path, rows, analysis)
     return summary

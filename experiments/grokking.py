@@ -18,7 +18,7 @@ import functools
 import ml_collections
 from absl import logging
 
-from phasemix.base import validation
+from phasemix.base import run_io, validation
 from phasemix.data import batching, modular
 from phasemix.training import losses, model as model_lib, optimizer, train
 from phasemix.analysis import cds_law, transitions
@@ -172,6 +172,7 @@ def resolve_train_fraction(config: ml_collections.ConfigDict) -> ml_collections.
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     import jax
 
+    run_io.require_workdir(workdir)
     config = resolve_train_fraction(config)
     task = make_task(config, jax.device_count())
     summary = train.train_and_evaluate(config, workdir, task)

@@ -82,6 +82,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
+    with sweep.flags_under("base."):  # before the grid divides by the base's batch size
+        knowledge_mixing.validate(config.base)
     validation.require(len(config.presets) > 0, "presets", "needs at least one preset",
                        config.presets)
     validation.require(len(config.people_per_preset) == len(config.presets),
@@ -172,11 +174,19 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         shard: sweep.Shard | None = None) -> dict[str, Any]:
     validate(config)
     grid = overrides(config)
+    path = run_io.require_workdir(workdir)
+    # A sweep that fails part-way leaves the tables and figures of its last success.
+    with run_io.unchanged_on_failure(path):
+        return _sweep(config, grid, path, shard)
+
+
+def _sweep(config: ml_collections.ConfigDict, grid: list[dict[str, Any]], path: pathlib.Path,
+           shard: sweep.Shard | None) -> dict[str, Any]:
     began = time.monotonic()
-    path = pathlib.Path(workdir)
     rows = sweep.run_sweep(config.base, grid, path, knowledge_mixing.run,
                            validate_fn=knowledge_mixing.validate, workers=config.workers,
                            shard=shard, grid_flags=grid_flags(), base_flag="base")
+    sweep.require_none_diverged(rows, path)  # learned bits need every size's run
     run_io.write_json_atomic(path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     if len(rows) < len(grid):  # other shards still running: they write the analysis
         return {"runs": len(grid), "runs_finished": len(rows), "shard": str(shard)}

@@ -115,6 +115,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """The checks that need no data, so a sweep can run them for every run first."""
+    import jax
+
+    train.validate_loop_config(config, jax.device_count())
     validation.require(0 <= config.ratio <= 1, "ratio",
                        "must be in [0, 1] (0: web text alone, 1: SynBio alone)", config.ratio)
     validation.require(0 < config.mix.keep_fraction <= 1, "mix.keep_fraction",
@@ -314,6 +317,7 @@ def _per_person(workdir: str, person_right: np.ndarray, person_asked: np.ndarray
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     import jax
 
+    run_io.require_workdir(workdir)
     task, extras = make_task(config, jax.device_count())
     summary = train.train_and_evaluate(config, workdir, task)
     if distributed.is_primary():  # the run's vocabulary travels with its checkpoints

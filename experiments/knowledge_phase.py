@@ -108,6 +108,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
+    with sweep.flags_under("base."):
+        knowledge_mixing.validate(config.base)
     validation.require_choice(config.mode, MODES, "mode")
     validation.require_choice(config.param_count, PARAM_COUNTS, "param_count")
     validation.require(0 < config.level < 1, "level", "must be in (0, 1)", config.level)
@@ -146,7 +148,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         validation.require((pathlib.Path(config.web_sweep) / sweep.RESULTS_FILE).is_file(),
                            "web_sweep", "has no results.csv: run the :web sweep there first",
                            config.web_sweep)
-        load_knapsack(config)  # fails here, before the sweep trains, if that table is not one
+        try:  # fails here, before the sweep trains, if that table is not one
+            load_knapsack(config)
+        except ValueError as e:  # e.g. a NaN or negative loss the web law cannot fit
+            if isinstance(e, validation.ConfigError):
+                raise
+            validation.fail("web_sweep", f"{pathlib.Path(config.web_sweep) / sweep.RESULTS_FILE}"
+                            f" cannot be fitted by the web law: {e}", config.web_sweep)
 
 
 def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -518,11 +526,19 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         shard: sweep.Shard | None = None) -> dict[str, Any]:
     validate(config)
     grid = overrides(config)
+    workdir_path = run_io.require_workdir(workdir)
+    # A sweep that fails part-way leaves the tables and figures of its last success.
+    with run_io.unchanged_on_failure(workdir_path):
+        return _sweep(config, grid, workdir_path, shard)
+
+
+def _sweep(config: ml_collections.ConfigDict, grid: list[dict[str, Any]],
+           workdir_path: pathlib.Path, shard: sweep.Shard | None) -> dict[str, Any]:
     began = time.monotonic()
-    workdir_path = pathlib.Path(workdir)
     rows = sweep.run_sweep(config.base, grid, workdir_path, knowledge_mixing.run,
                            validate_fn=knowledge_mixing.validate, workers=config.workers,
                            shard=shard, grid_flags=grid_flags(config), base_flag="base")
+    sweep.require_none_diverged(rows, workdir_path)  # the analyses need every grid point
     run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     if len(rows) < len(grid):  # other shards still running: they write the analysis
         return {"runs": len(grid), "runs_finished": len(rows), "shard": str(shard)}

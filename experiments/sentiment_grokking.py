@@ -107,6 +107,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
+    import jax
+
+    train.validate_loop_config(config, jax.device_count())
     task = config.task
     validation.require_choice(task.dataset, reviews.DATASETS, "task.dataset")
     validation.require_choice(task.source, reviews.SOURCES, "task.source")
@@ -186,6 +189,7 @@ def classifier_weights(params) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     import jax
 
+    run_io.require_workdir(workdir)
     task = make_task(config, jax.device_count())
     summary = train.train_and_evaluate(config, workdir, task)
     # The data's own name: offline `yelp` is a stand-in, and the figures say so.

@@ -106,7 +106,7 @@ def test_workers_exit_when_their_run_is_preempted_or_the_sweep_dies(tmp_path):
 
     def start(folder, seeds, run="stopping_run"):
         code = (f"import sys; sys.path.insert(0, 'tests'); from test_sweep import {run};"
-                "from experiments import grokking; from phasemix import sweep;"
+                "from experiments import grokking; from phasemix.runs import sweep;"
                 f"sweep.run_sweep(grokking.get_config('smoke'), sweep.grid({{'seed': {seeds}}}),"
                 f" {str(folder)!r}, {run}, workers=2)")
         return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,

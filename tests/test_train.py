@@ -222,7 +222,7 @@ def test_run_writes_the_output_contract_and_loss_falls(smoke_config, tmp_path):
 def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
     result = run_python(
         "import json, sys\n"
-        "from phasemix import run_io\n"
+        "from phasemix.base import run_io\n"
         f"writer = run_io.MetricsWriter({str(tmp_path)!r})\n"
         "writer.write({'step': 1, 'train_loss': 0.5})\n"
         "writer.close()\n"

@@ -6,13 +6,14 @@ killed mid-write never leaves a half-written JSON behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pathlib
 import sys
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import ml_collections
 import numpy as np
@@ -26,6 +27,60 @@ CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 # A run stopped by SIGTERM exits with this after its checkpoint: 128 + SIGTERM, as schedulers expect.
 PREEMPTED_EXIT_CODE = 143
+# A run whose loss or parameters became NaN or infinite exits with this (bad input is 1).
+DIVERGED_EXIT_CODE = 3
+DIVERGED = "diverged"  # summary.json's `status` of such a run; a finished run's is "finished"
+# The flags that most often make a run diverge, named in its error.
+DIVERGENCE_FLAGS = ("--config.opt.lr", "--config.model.init_scale", "--config.model.dtype")
+
+
+class Diverged(validation.ConfigError):
+    """A run whose metrics became non-finite: it stopped at the evaluation that saw it, kept
+    its last good checkpoint, and recorded `status: diverged` in summary.json. The message is
+    one line naming the step, the quantity and the flags most likely responsible."""
+
+    def __init__(self, message: str, step: int | None = None, quantity: str | None = None):
+        super().__init__(message)
+        self.step, self.quantity = step, quantity
+
+    def __reduce__(self):  # pickles (from a sweep's worker process) with its step and quantity
+        return type(self), (str(self), self.step, self.quantity)
+
+
+def divergence_message(step: int, quantity: str, value: Any, flag_prefix: str = "") -> str:
+    """The one-line error of a diverged run; `flag_prefix` is where a sweep keeps the run's
+    config (e.g. 'base.'), so that the flags named are the sweep's."""
+    lr, *others = (f.replace("--config.", f"--config.{flag_prefix}") for f in DIVERGENCE_FLAGS)
+    return (f"diverged at step {step}: {quantity} is {value}; lower {lr}, or check "
+            f"{' and '.join(others)}")
+
+
+def diverged_summary(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The summary of a run that diverged earlier in `workdir`, else None."""
+    try:
+        summary = read_json(pathlib.Path(workdir) / SUMMARY_FILE)
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("status") == DIVERGED else None
+
+
+def require_workdir(workdir: str | os.PathLike | None, flag: str = "workdir") -> pathlib.Path:
+    """Refuses an empty --workdir (it would write into the current folder), a file, or a
+    folder that cannot be created or written; writes nothing."""
+    text = "" if workdir is None else str(workdir)
+    validation.require_flag(text.strip() != "", flag,
+                            "is empty: name the run's folder (e.g. --workdir=runs/name)", text)
+    path = pathlib.Path(os.path.expanduser(text))
+    validation.require_flag(not path.exists() or path.is_dir(), flag, "is a file, not a folder",
+                            text)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    validation.require_flag(existing.is_dir(), flag,
+                            f"cannot be created: {existing} is a file", text)
+    validation.require_flag(os.access(existing, os.W_OK | os.X_OK), flag,
+                            f"is not writable ({existing} is read-only)", text)
+    return path
 
 
 def _current_umask() -> int:
@@ -61,6 +116,40 @@ def _write_atomic(path: str | os.PathLike, mode: str, write: Any) -> None:
         os.fsync(tmp.fileno())
     os.chmod(tmp.name, _FILE_MODE)
     os.replace(tmp.name, path)
+
+
+@contextlib.contextmanager
+def unchanged_on_failure(folder: str | os.PathLike,
+                         keep: Iterable[str] = ()) -> Iterator[None]:
+    """Puts back the files directly in `folder` (tables, figures, summaries; not its
+    subfolders, nor names in `keep`) as they were, if the block raises: a sweep whose analysis
+    fails leaves its earlier results, not a mix of old and new ones. Files the block created
+    are removed again. `Diverged` leaves the files as the block wrote them."""
+    folder = pathlib.Path(folder)
+    before = {}
+    if folder.is_dir():
+        before = {p.name: p.read_bytes() for p in folder.iterdir()
+                  if p.is_file() and p.name not in keep}
+    try:
+        yield
+    except Diverged:  # not a failure of the tables: they record which runs diverged
+        raise
+    except BaseException:
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.is_file() and path.name not in keep and path.name not in before:
+                    path.unlink(missing_ok=True)
+        for name, data in before.items():
+            path = folder / name
+            if not path.is_file() or path.read_bytes() != data:
+                _write_atomic(path, "wb", lambda f, data=data: f.write(data))
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """`text` replaces `path` whole, through a temporary file of its own (safe beside other
+    writers of the same path, e.g. sweep shards on other hosts)."""
+    _write_atomic(path, "w", lambda f: f.write(text))
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -148,7 +237,7 @@ def config_differences(found: dict[str, Any], wanted: dict[str, Any]) -> dict[st
 
 def check_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> pathlib.Path:
     """The checks of `prepare_workdir`, writing nothing (every process of a job runs them)."""
-    workdir = pathlib.Path(workdir)
+    workdir = require_workdir(workdir)
     config_path = workdir / CONFIG_FILE
     wanted = config_to_dict(config)
     if config_path.exists():

@@ -268,6 +268,9 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
                 summary = run(config, workdir, shard=sweep_lib.parse_shard(flags.FLAGS.shard))
             else:
                 summary = run(config, workdir)
+        except run_io.Diverged as e:  # exit 3, not bad input's 1: the flags were valid
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(run_io.DIVERGED_EXIT_CODE)
         except validation.ConfigError as e:
             sys.exit(f"error: {e}")
         if distributed.is_primary():

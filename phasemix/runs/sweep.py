@@ -17,6 +17,7 @@ with every run finished so far, by any of them, so that it ends as the unsharded
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -28,13 +29,12 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import ml_collections
 from absl import logging
@@ -128,6 +128,23 @@ def apply_overrides(base: ml_collections.ConfigDict,
     return config
 
 
+@contextlib.contextmanager
+def flags_under(prefix: str) -> Iterator[None]:
+    """Names a nested config's errors by their full flag: checks of `config.base` that fail
+    on `num_steps` say --config.base.num_steps, the flag a user passes to the sweep."""
+    try:
+        yield
+    except run_io.Diverged:
+        raise
+    except validation.ConfigError as e:
+        if not prefix or e.field is None or e.reason is None:
+            raise
+        field = f"{prefix}{e.field}"
+        shown = "" if e.value is None else f"={e.value!r}"
+        raise validation.ConfigError(f"--config.{field}{shown}: {e.reason}", field, e.value,
+                                     e.reason) from e
+
+
 def _finished(workdir: pathlib.Path,
               config: ml_collections.ConfigDict) -> tuple[dict[str, Any], float | None] | None:
     """The run's summary and sweep seconds if it completed with exactly this config, else None."""
@@ -138,7 +155,8 @@ def _finished(workdir: pathlib.Path,
         summary = run_io.read_json(workdir / run_io.SUMMARY_FILE)
     except (OSError, ValueError):
         return None
-    if summary.get("final_step") != config.get("num_steps"):
+    diverged = summary.get("status") == run_io.DIVERGED
+    if summary.get("final_step") != config.get("num_steps") and not diverged:
         return None
     # Written by the sweep once the run has returned: a summary alone may be one the run
     # writes before its last outputs (a run killed then is run again, and trains nothing).
@@ -169,10 +187,7 @@ def write_table(rows: Iterable[Mapping[str, Any]], path: pathlib.Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    # A temporary name of its own, as several shards may rewrite the table at once.
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    run_io.write_text_atomic(path, buffer.getvalue())
 
 
 def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -238,6 +253,8 @@ def _worker_loop(connection: multiprocessing.connection.Connection, parent_pid: 
         run_fn, config, workdir = task
         try:
             reply = ("done", _run_one(run_fn, config, workdir))
+        except run_io.Diverged as error:  # a result of the sweep, not a failure
+            reply = ("diverged", error)
         except Exception as error:  # re-raised in the sweep's process
             reply = ("error", error, traceback.format_exc())
         try:
@@ -252,7 +269,9 @@ class _WorkerTraceback(Exception):
 
 def _run_in_workers(todo: list[tuple[str, ml_collections.ConfigDict]], run_fn: RunFn,
                     workers: int, sweep_dir: pathlib.Path,
-                    record: Callable[[str, dict[str, Any], float], None]) -> None:
+                    record: Callable[[str, dict[str, Any], float], None],
+                    record_diverged: Callable[[str, run_io.Diverged, float], None],
+                    failed: Callable[[str, BaseException], BaseException]) -> None:
     """Trains `todo` in `workers` spawned processes, recording each run as it finishes.
 
     A run that fails, or a worker that dies (a preempted run), stops the sweep: the other
@@ -287,9 +306,13 @@ def _run_in_workers(todo: list[tuple[str, ml_collections.ConfigDict]], run_fn: R
                     process.join()
                     raise _worker_died(name, process.exitcode) from None
                 if reply[0] == "error":
-                    raise reply[1] from _WorkerTraceback(f"run {name}:\n{reply[2]}")
+                    raise failed(name, reply[1]) from _WorkerTraceback(
+                        f"run {name}:\n{reply[2]}")
                 idle.append((connection, process))
-                record(name, *reply[1])
+                if reply[0] == "diverged":
+                    record_diverged(name, reply[1], None)
+                else:
+                    record(name, *reply[1])
         finished = True
     finally:
         for connection, process in started:
@@ -343,7 +366,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
               workers: int = 1, group_fn: GroupRunFn | None = None,
               shard: Shard | None = None,
               grid_flags: Mapping[str, str] | None = None,
-              base_flag: str = "") -> list[dict[str, Any]]:
+              base_flag: str = "", check_dropped: bool = True) -> list[dict[str, Any]]:
     """Runs every override set not yet finished (of `shard`'s part only, if given) and returns
     the table's rows (grid order): every run finished so far, whichever shard ran it.
 
@@ -353,6 +376,10 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     'task.train_count' -> 'train_counts'), so that a bad value's error names that flag;
     `base_flag` is where the sweep's config holds `base` (e.g. 'base'), for the other fields.
     In a job of several processes the runs are trained by all of them, one after another.
+
+    A run that diverges (`run_io.Diverged`) is a result: its row has status 'diverged' and the
+    sweep goes on. A grid that leaves out runs the folder has finished is refused
+    (`check_dropped`; off for a first part of a study whose later call adds the rest).
     """
     if not overrides:
         raise validation.ConfigError("the sweep grid is empty: nothing to run")
@@ -375,7 +402,11 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise validation.ConfigError(f"the sweep grid repeats runs: {duplicates}")
+    if check_dropped:
+        _refuse_dropped_runs(sweep_dir, runs, grid_flags or {})
     _check_writable(sweep_dir)
+    overrides_of = {name: override for name, override, _ in runs}
+    prefix = f"{base_flag}." if base_flag else ""
 
     results: dict[str, tuple[dict[str, Any], float | None]] = {}
     # This process's own runs are recorded when their workers report them, not when their
@@ -404,7 +435,13 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
             if name not in results:
                 continue
             summary, seconds = results[name]
-            rows.append({"run": name, **{f"sweep.{k}": v for k, v in override.items()},
+            summary = dict(summary)
+            status = summary.pop("status", FINISHED)
+            if status == run_io.DIVERGED and prefix:  # the flags as this sweep spells them
+                summary["error"] = str(summary.get("error", "")).replace(
+                    "--config.", f"--config.{prefix}")
+            rows.append({"run": name, "status": status,
+                         **{f"sweep.{k}": v for k, v in override.items()},
                          **run_io.flatten_config(config), **summary,
                          "run_seconds": seconds})
         return rows
@@ -412,7 +449,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     bar = progress.RunsProgress(len(runs), len(todo), 1 if group_fn else workers,
                                 "" if shard is None else f"shard {shard}")
 
-    def record(name: str, summary: dict[str, Any], seconds: float) -> None:
+    def record(name: str, summary: dict[str, Any], seconds: float | None) -> None:
         results[name] = (summary, seconds)
         if distributed.is_primary():
             run_io.write_json_atomic(sweep_dir / RUNS_DIR / name / RUN_SECONDS_FILE,
@@ -420,26 +457,119 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
         collect_finished()
         if distributed.is_primary():
             write_table(table_rows(), sweep_dir / RESULTS_FILE)
-        _say(bar.line(len(results), seconds, f"finished {name} in {seconds:.0f}s"))
+        done = (f"{name} diverged at step {summary.get('diverged_step')}"
+                if summary.get("status") == run_io.DIVERGED
+                else f"finished {name} in {seconds:.0f}s")
+        _say(bar.line(len(results), seconds or 0.0, done))
+
+    def record_diverged(name: str, error: run_io.Diverged, seconds: float | None) -> None:
+        """A diverged run is a result: marked in the table, and the sweep goes on."""
+        summary = run_io.diverged_summary(sweep_dir / RUNS_DIR / name) or {
+            "status": run_io.DIVERGED, "diverged_step": error.step,
+            "diverged_quantity": error.quantity, "error": str(error)}
+        record(name, summary, seconds)
+
+    def failed(name: str, error: BaseException) -> BaseException:
+        """A run's bad config, named by the sweep's flag (else the error itself)."""
+        if isinstance(error, validation.ConfigError) and error.reason is not None:
+            return _run_config_error(error, overrides_of[name], grid_flags or {}, base_flag)
+        return error
+
+    def run_one(name: str, config: ml_collections.ConfigDict) -> None:
+        start = time.monotonic()
+        try:
+            summary, seconds = _run_one(run_fn, config, str(sweep_dir / RUNS_DIR / name))
+        except run_io.Diverged as error:
+            record_diverged(name, error, time.monotonic() - start)
+            return
+        except validation.ConfigError as error:
+            raise failed(name, error) from error
+        record(name, summary, seconds)
 
     if group_fn is not None:
         for group in _seed_groups(todo):
             start = time.monotonic()
-            summaries = group_fn([c for _, c in group],
-                                 [str(sweep_dir / RUNS_DIR / name) for name, _ in group])
+            try:
+                summaries = group_fn([c for _, c in group],
+                                     [str(sweep_dir / RUNS_DIR / name) for name, _ in group])
+            except run_io.Diverged as error:
+                # The runs of the group that diverged are results; the others, stopped with
+                # them, are trained one by one from their checkpoints.
+                for name, config in group:
+                    if run_io.diverged_summary(sweep_dir / RUNS_DIR / name) is not None:
+                        record_diverged(name, error, None)
+                    else:
+                        run_one(name, config)
+                continue
+            except validation.ConfigError as error:
+                raise failed(group[0][0], error) from error
             seconds = (time.monotonic() - start) / len(group)  # each run's share of the group
             for (name, _), summary in zip(group, summaries):
                 record(name, summary, seconds)
     elif workers <= 1:
         for name, config in todo:
-            record(name, *_run_one(run_fn, config, str(sweep_dir / RUNS_DIR / name)))
+            run_one(name, config)
     else:
-        _run_in_workers(todo, run_fn, workers, sweep_dir, record)
+        _run_in_workers(todo, run_fn, workers, sweep_dir, record, record_diverged, failed)
     collect_finished()
     rows = table_rows()
     if distributed.is_primary():
         write_table(rows, sweep_dir / RESULTS_FILE)
+    diverged = [row["run"] for row in rows if row["status"] == run_io.DIVERGED]
+    if diverged:
+        _say(f"{len(diverged)} run(s) diverged (status column of {sweep_dir / RESULTS_FILE}): "
+             f"{', '.join(diverged)}")
     return rows
+
+
+FINISHED = "finished"  # the `status` of a run that trained every step (else run_io.DIVERGED)
+
+
+def finished_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of runs that trained every step: the ones an analysis can use."""
+    return [dict(row) for row in rows if row.get("status", FINISHED) == FINISHED]
+
+
+def require_none_diverged(rows: Iterable[Mapping[str, Any]], sweep_dir: str | os.PathLike
+                          ) -> None:
+    """For a study whose analysis needs every run: raises `Diverged` (exit code 3) naming the
+    runs that diverged and the flags to change, once the others have trained."""
+    diverged = [row for row in rows if row.get("status", FINISHED) == run_io.DIVERGED]
+    if diverged:
+        first = diverged[0]
+        raise run_io.Diverged(
+            f"{len(diverged)} run(s) of the sweep diverged (status column of "
+            f"{pathlib.Path(sweep_dir) / RESULTS_FILE}), e.g. run {first['run']}: "
+            f"{first.get('error', 'diverged')}", first.get("diverged_step"),
+            first.get("diverged_quantity"))
+
+
+def _refuse_dropped_runs(sweep_dir: pathlib.Path, runs: list[tuple[str, dict[str, Any], Any]],
+                         grid_flags: Mapping[str, str]) -> None:
+    """A grid that leaves out runs the folder finished would rewrite the tables and figures
+    without them: refused, naming the flag whose values no longer include theirs."""
+    folder = sweep_dir / RUNS_DIR
+    if not folder.is_dir():
+        return
+    names = {name for name, _, _ in runs}
+    dropped = sorted(p.name for p in folder.iterdir()
+                     if p.name not in names and (p / RUN_SECONDS_FILE).is_file())
+    if not dropped:
+        return
+    values: dict[str, set[str]] = {}
+    for _, override, _ in runs:
+        for key, value in override.items():
+            values.setdefault(key, set()).add(run_name({key: value}).partition("=")[2])
+    flag = "workdir"
+    for part in dropped[0].split(","):
+        key, _, value = part.partition("=")
+        if key in grid_flags and value not in values.get(key, set()):
+            flag = f"config.{grid_flags[key]}"
+            break
+    raise validation.ConfigError(
+        f"--{flag}: the grid leaves out {len(dropped)} finished run(s) of {sweep_dir} (e.g. "
+        f"{dropped[0]}), which its tables and figures would drop; rerun with a grid that "
+        "includes them (extra values are added), or use a new --workdir")
 
 
 def _run_config_error(error: validation.ConfigError, override: Mapping[str, Any],

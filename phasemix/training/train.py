@@ -38,6 +38,9 @@ from phasemix.training import (checkpointing, compilation, losses, model as mode
 
 LossFn = Callable[[jax.Array, dict[str, jax.Array]], tuple[jax.Array, losses.Metrics]]
 PREEMPTED_EXIT_CODE = run_io.PREEMPTED_EXIT_CODE
+Diverged = run_io.Diverged  # raised when a metric becomes NaN or infinite (exit code 3)
+# Checked first when a row has several non-finite values: the one closest to the cause.
+DIVERGENCE_ORDER = ("batch_loss", "grad_norm", "weight_norm")
 # Micro-batch slices computed side by side in the train step (one loop iteration).
 CONCURRENT_SLICES = 4
 
@@ -331,6 +334,12 @@ class _Run:
         # Every process checks the workdir before any writes to it, so that a refused workdir
         # stops all of them with the same error; then process 0 alone writes.
         self.workdir = run_io.check_workdir(workdir, config)
+        diverged = run_io.diverged_summary(self.workdir)
+        if diverged is not None:  # training again would diverge again: say so, change nothing
+            raise Diverged(f"{diverged.get('error', 'diverged')} (recorded in "
+                           f"{self.workdir / run_io.SUMMARY_FILE}; use a new --workdir to "
+                           "train with other settings)", diverged.get("diverged_step"),
+                           diverged.get("diverged_quantity"))
         distributed.barrier("workdir_checked")
         if distributed.is_primary():
             run_io.remove_stale_temporaries(self.workdir)  # a killed run's
@@ -365,10 +374,30 @@ class _Run:
             run_io.write_json_atomic(self.workdir / run_io.SUMMARY_FILE, summary)
         return summary
 
+    def diverge(self, step: int, quantity: str, value: Any) -> Diverged:
+        """Records the divergence in summary.json (process 0) and returns the error to raise.
+        The diverged state is never saved: the newest checkpoint is the last good one."""
+        message = run_io.divergence_message(step, quantity, value)
+        if distributed.is_primary():
+            run_io.write_json_atomic(self.workdir / run_io.SUMMARY_FILE, {
+                "status": run_io.DIVERGED, "diverged_step": step, "diverged_quantity": quantity,
+                "last_checkpoint_step": self.checkpointer.latest_step(), "error": message})
+        return Diverged(message, step, quantity)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
         self.checkpointer.close()
+
+
+def first_non_finite(row: dict[str, Any]) -> tuple[str, Any] | None:
+    """(name, value) of a metric row's first NaN or infinite number, else None."""
+    bad = [k for k, v in row.items() if isinstance(v, (int, float)) and not np.isfinite(v)]
+    if not bad:
+        return None
+    bad.sort(key=lambda k: (DIVERGENCE_ORDER.index(k) if k in DIVERGENCE_ORDER
+                            else len(DIVERGENCE_ORDER)))
+    return bad[0], row[bad[0]]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -460,6 +489,9 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
             if train_metrics is not None:
                 for row, metrics in zip(rows, per_run(train_metrics)):
                     row.update({k: float(v) for k, v in metrics.items()})
+            # The values were read to the host for the metric rows anyway: checking them
+            # costs no extra transfer or synchronisation. Before any file of this step.
+            stop_if_diverged(step, rows)
             if task.snapshot is not None:  # picked on device: only the chosen arrays move
                 for run, arrays in zip(runs, per_run(task.snapshot(state.params))):
                     if run.writer is not None:
@@ -467,12 +499,28 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                             run.workdir / run_io.SNAPSHOT_DIR / f"{step}.npz", arrays)
             for run, row in zip(runs, rows):
                 row["elapsed_seconds"] = run.elapsed_before + time.monotonic() - t0
-                if not all(np.isfinite(v) for v in row.values()):
-                    raise FloatingPointError(f"non-finite metrics at step {step}: {row}")
                 if run.writer is not None:  # process 0
                     run.writer.write(row)
             warm.setdefault("logged", True)
             logging.info("%s", bar.line(step, (task.progress or eval_accuracies)(rows[0])))
+
+        def stop_if_diverged(step: int, rows: list[dict[str, Any]]) -> None:
+            errors = []
+            for run, row in zip(runs, rows):
+                found = first_non_finite(row)
+                if found is not None:
+                    errors.append(run.diverge(step, *found))
+            if errors:  # in a vmapped group, the runs that did not diverge are not finished
+                raise errors[0]
+
+        def check_before_save(step: int, metrics: dict[str, jax.Array]) -> None:
+            """A checkpoint between evaluations: its state is read to the host anyway, so
+            its step's loss and weight norm are checked first (a diverged state is never
+            saved)."""
+            norms = programs.norms(state.params)
+            values = per_run({**{k: metrics[k] for k in DIVERGENCE_ORDER if k in metrics},
+                              "weight_norm": norms["weight_norm"]})
+            stop_if_diverged(step, [{k: float(v) for k, v in tree.items()} for tree in values])
 
         def save(step: int) -> None:
             # Orbax compiles a few programs at its first save across processes (it slices
@@ -503,13 +551,18 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                     log_rows(done, metrics)
                 if "logged" in warm and "compiled" not in warm:
                     warm["compiled"] = compilation.snapshot()
+                evaluated = done % config.eval_every == 0 or done == config.num_steps
                 if done % config.checkpoint_every == 0 or done == config.num_steps:
+                    if not evaluated:
+                        check_before_save(done, metrics)
                     save(done)
                 preempted = (multihost_utils.reached_preemption_sync_point(done)
                              if multi_process else sigterm.raised)
                 # At the last step too: the run is saved, but a sweep must not start the next.
                 if preempted:
                     if done % config.checkpoint_every and done < config.num_steps:
+                        if not evaluated:
+                            check_before_save(done, metrics)
                         save(done)  # else saved just above
                     for run in runs:
                         run.checkpointer.wait()
