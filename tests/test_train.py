@@ -47,7 +47,12 @@ def test_one_step_matches_golden_numbers(smoke_config):
     smoke_config.opt.warmup_steps = 0  # so that the one step moves the parameters at full lr
     got = first_steps(smoke_config, 1)
     for key, value in GOLDEN_ONE_STEP.items():
-        assert got[key] == pytest.approx(value, rel=1e-5), (key, got)
+        # Adam's first step moves every parameter by about lr * sign(gradient), so a gradient
+        # element within float rounding of 0 can land on either side and move the signed sum
+        # by up to 2 * lr; it does on some CPUs (128.70043 here, 128.69907 where the numbers
+        # were taken, the loss and gradient norm equal to 8 digits on both).
+        tolerance = 2 * smoke_config.opt.lr if key == "param_sum" else 1e-5 * abs(value)
+        assert got[key] == pytest.approx(value, abs=tolerance), (key, got)
 
 
 def test_four_devices_match_one_device(smoke_config):
