@@ -27,6 +27,7 @@ RUN_TABLES = (
     "grokking/classifier_weights.csv",
     "knowledge/runs.csv",
     "knowledge/frequency.csv",
+    "knowledge/capacity_pilot.csv",
     "bimix/proxy_strategies.csv",
 )
 AGGREGATE_TABLES = (
