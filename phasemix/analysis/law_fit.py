@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -180,8 +181,9 @@ def _pad(n_to: int, *arrays: np.ndarray) -> list[np.ndarray]:
 def _bad_rows(name: str, bad_N: np.ndarray, values_N: np.ndarray, need: str) -> None:
     if np.any(bad_N):
         first = int(np.flatnonzero(bad_N)[0])
+        value = np.asarray(values_N[first]).tolist()
         raise ValueError(f"{name}: {int(bad_N.sum())} of {len(bad_N)} values are not {need} "
-                         f"(first: row {first}, {values_N[first]!r}); drop those rows first")
+                         f"(first: row {first}, {value}); drop those rows first")
 
 
 def check_rows(law: Law, steps_N: Any, props_NxK: Any, loss_N: Any, weights_N: Any = None
@@ -286,6 +288,38 @@ def predict(law: Law, params: Params, steps_N: Any, props_NxK: Any,
         return np.zeros(0, np.float32)
     steps, props = _pad(max(padded_size(n), pad_to or 0), steps_N, props_NxK)
     return np.asarray(_predict(law, params, steps, props))[:n]
+
+
+def fit_columns(result: FitResult, prefix: str = "") -> dict[str, Any]:
+    """A fit's table columns: `converged`, `iterations` and `at_bound` (names, space-separated;
+    empty when none), each name led by `prefix`."""
+    return {f"{prefix}converged": result.converged, f"{prefix}iterations": result.iterations,
+            f"{prefix}at_bound": " ".join(result.at_bound)}
+
+
+def warn_fits(rows: Sequence[dict[str, Any]], group_keys: Sequence[str],
+              prefixes: Sequence[str] = ("",), file: Any = None) -> list[str]:
+    """Prints (to stderr) and returns one warning line per group of table rows whose fits did
+    not converge or ended with a parameter on a bound.
+
+    Rows carry `law` and the `fit_columns` of each prefix; groups are the distinct values of
+    `group_keys` (e.g. model and eval domain), in the order they first appear.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for row in rows:
+        problems = groups.setdefault(tuple(row[k] for k in group_keys), [])
+        for prefix in prefixes:
+            what = f"{row['law']}{' (' + prefix.rstrip('_') + ')' if prefix else ''}"
+            if not row[f"{prefix}converged"]:
+                problems.append(f"{what} did not converge in {row[f'{prefix}iterations']} "
+                                "iterations")
+            if row[f"{prefix}at_bound"]:
+                problems.append(f"{what} has {row[f'{prefix}at_bound']} at a bound")
+    lines = [f"warning: law fits of {'/'.join(map(str, group))}: {'; '.join(problems)}"
+             for group, problems in groups.items() if problems]
+    for line in lines:
+        print(line, file=file or sys.stderr)
+    return lines
 
 
 # --- Diagnostics ------------------------------------------------------------------------------
@@ -397,7 +431,7 @@ def evaluate_protocol(law: Law, key: jax.Array, steps_N: Any, props_NxK: Any, lo
     on = split_N == "fit"
     fit_steps, fit_mixtures = np.unique(steps_N[on]), np.unique(mixture_N[on])
     where = (f"step_cut={step_cut:g} (steps {steps_N.min():g} to {steps_N.max():g}) with "
-             f"mixtures {list(np.atleast_1d(heldout_ids))} held out")
+             f"mixtures {np.atleast_1d(heldout_ids).tolist()} held out")
     if not on.any():
         raise ValueError(f"no rows to fit: no row of a mixture not held out lies at or below "
                          f"{where}")
