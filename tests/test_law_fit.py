@@ -159,6 +159,13 @@ def test_rescale_keeps_every_prediction(name, step_scale, loss_scale):
         np.testing.assert_array_equal(same[key], params[key])
 
 
+def test_rescale_past_a_bound_is_not_finite():
+    law = ml.make_law("linear", 3)
+    params = law.unconstrain(dict(w=[19.0, 1.0, 1.0], b=0.0))
+    moved = law.rescale(params, 1.0, 20.0)  # w + log 20 = 22 > 20 for the first domain
+    assert not np.isfinite(moved["w"][0]) and np.all(np.isfinite(moved["w"][1:]))
+
+
 @pytest.mark.parametrize("name", ["bimix", "step_only"])
 def test_fit_is_invariant_to_the_units_of_steps_and_losses(name):
     """Synthetic steps in tokens (x 1e6) and losses x 10: the same fit, in the units given."""

@@ -3,7 +3,10 @@
 The fit follows the field's practice (Ye et al. `law.py`): a Huber loss on log(predicted) -
 log(measured) with delta = 0.01, minimised from many starts, the best one kept. Here the
 starts are drawn at random from a PRNG key and run together under `jax.vmap`; the whole
-multi-start fit is one jitted program.
+multi-start fit is one jitted program. Steps and losses are fitted with their geometric means
+moved to where the random starts lie, and the parameters mapped back, so that no fit depends on
+the unit of either (training steps or tokens). A start stops once its objective stops falling;
+each fit says whether its best start converged and which bounded parameter ended on a bound.
 
 The evaluation protocol fits on early steps of some mixtures and scores the rest:
 - `extrap_step`: the fitted mixtures at later steps (extrapolation in s): MRE;
@@ -270,7 +273,8 @@ def fit(law: Law, key: jax.Array, steps_N: Any, props_NxK: Any, loss_N: Any,
         raise ValueError(f"the {law.name} fit's {lost} leave their bounds "
                          f"{[law.bounds.get(k) for k in lost]} in the units given (steps "
                          f"{step_scale:.4g} x, losses {loss_scale:.4g} x those fitted); "
-                         "rescale the steps or losses nearer 1e4 and 3")
+                         f"divide the steps or losses to bring their geometric means nearer "
+                         f"{STEP_REF:g} and {LOSS_REF:g}")
     return FitResult(params, raw.loss, raw.start_losses, int(raw.iterations),
                      bool(raw.converged), at_bound(law, raw.params), step_scale, loss_scale)
 
