@@ -440,7 +440,8 @@ def fit_laws(config: ml_collections.ConfigDict, curves: dict[str, np.ndarray],
             row = {"law": law_name, "domain": domain,
                    "heldout_proxies": " ".join(map(str, heldout)),
                    "fit_objective": float(result.fit.loss),
-                   "all_rows_objective": float(full.loss)}
+                   "all_rows_objective": float(full.loss), **law_fit.fit_columns(result.fit),
+                   **law_fit.fit_columns(full, "all_rows_")}
             for split, scores in result.metrics.items():
                 row.update({f"{split}_{k}": v for k, v in scores.items()})
             row.update(_coefficients(law.constrain(full.params), names))
@@ -449,6 +450,7 @@ def fit_laws(config: ml_collections.ConfigDict, curves: dict[str, np.ndarray],
                              "split": str(sp), "loss": float(y), "pred": float(p)}
                             for m, s, sp, y, p in zip(curves["mixture_N"], curves["step_N"],
                                                       result.split_N, loss_N, result.pred_N)]
+    law_fit.warn_fits(rows, ("domain",), prefixes=("", "all_rows_"))
     return rows, predictions, fitted
 
 

@@ -235,7 +235,7 @@ def fit_job(config: ml_collections.ConfigDict, job: Job, data: dict[str, np.ndar
            "rows_dropped_zero_share": dropped_zero,
            "fraction_dropped_zero_share": dropped_zero / int(np.sum(np.isfinite(loss_N))),
            "fit_objective": float(result.fit.loss),
-           "fit_iterations": int(result.fit.iterations)}
+           "fit_iterations": int(result.fit.iterations), **law_fit.fit_columns(result.fit)}
     for name, scores in result.metrics.items():
         row.update({f"{name}_{k}": v for k, v in scores.items()})
     predictions = [] if job.split else [
@@ -392,6 +392,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, curves: str | pathlib.P
         predictions += job_predictions
         if job.split == 0:
             fitted[job.model][(job.policy, job.law_name, job.domain_index)] = law_params
+    law_fit.warn_fits(rows, ("model", "zero_share", "split", "domain"))
     for model in config.models:
         optima += optimal_mixtures(config, model, fitted[model], selected[model])
     sweep.write_table(rows, workdir_path / "table.csv")

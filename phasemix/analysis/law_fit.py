@@ -3,7 +3,10 @@
 The fit follows the field's practice (Ye et al. `law.py`): a Huber loss on log(predicted) -
 log(measured) with delta = 0.01, minimised from many starts, the best one kept. Here the
 starts are drawn at random from a PRNG key and run together under `jax.vmap`; the whole
-multi-start fit is one jitted program.
+multi-start fit is one jitted program. Steps and losses are fitted with their geometric means
+moved to where the random starts lie, and the parameters mapped back, so that no fit depends on
+the unit of either (training steps or tokens). A start stops once its objective stops falling;
+each fit says whether its best start converged and which bounded parameter ended on a bound.
 
 The evaluation protocol fits on early steps of some mixtures and scores the rest:
 - `extrap_step`: the fitted mixtures at later steps (extrapolation in s): MRE;
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -27,17 +31,42 @@ import optax
 import optax.tree_utils as otu
 import scipy.stats
 
-from phasemix.analysis.mixing_laws import Law, Params
+from phasemix.analysis.mixing_laws import LOSS_REF, STEP_REF, Law, Params
 
 SPLITS = ("fit", "extrap_step", "heldout_mix", "heldout_both")
 MIN_PAD = 64  # data are padded (weight 0) to a power of two >= this, to share compilations
+# A start has converged once its objective falls by less than RTOL (relative) on PATIENCE
+# iterations in a row: the float32 gradient norm at the optimum of the published curves is
+# 1e-4 to 0.2, never below a gradient tolerance of 1e-6, while the objective stops moving.
+# On 305M, every law and group: the best start then ends within 5e-6 of its objective after
+# 600 iterations, after a median of 43.
+RTOL = 1e-5
+PATIENCE = 5
+BOUND_TOL = 1e-3  # a bounded parameter this close to an end (fraction of its range) is at it
+MIN_FIT_STEPS = 3  # distinct steps the protocol's fit needs: a step law has 3 parameters
+MIN_FIT_MIXTURES = 2  # distinct mixtures it needs to see any mixture effect
+PROPS_TOL = 1e-4  # each row's proportions must sum to 1 within this
 
 
 class FitResult(NamedTuple):
+    """A multi-start fit, its parameters in the units of the data given."""
+
     params: Params  # the best start's unconstrained parameters
     loss: jax.Array  # its objective
     start_losses: jax.Array  # objective at the end of every start, (num_starts,)
-    iterations: jax.Array  # L-BFGS iterations of the best start
+    iterations: int  # L-BFGS iterations of the best start
+    converged: bool  # whether the best start met the stopping criterion before max_iter
+    at_bound: tuple[str, ...]  # its bounded parameters that end at a bound, e.g. ("alpha",)
+    step_scale: float  # steps were fitted as steps / step_scale (geometric mean at STEP_REF)
+    loss_scale: float  # losses as loss / loss_scale (geometric mean at LOSS_REF)
+
+
+class _Fitted(NamedTuple):
+    params: Params  # in the fitted (scaled) units
+    loss: jax.Array
+    start_losses: jax.Array
+    iterations: jax.Array
+    converged: jax.Array
 
 
 def huber_log_objective(law: Law, params: Params, steps_N: jax.Array, props_NxK: jax.Array,
@@ -48,7 +77,13 @@ def huber_log_objective(law: Law, params: Params, steps_N: jax.Array, props_NxK:
     return jnp.sum(weights_N * huber_N) / (jnp.sum(weights_N) * delta ** 2)
 
 
-def _lbfgs(objective, params: Params, max_iter: int, tol: float) -> tuple[Params, jax.Array]:
+def _lbfgs(objective, params: Params, max_iter: jax.Array, tol: jax.Array, rtol: jax.Array
+           ) -> tuple[Params, jax.Array, jax.Array]:
+    """One start: (parameters, iterations, converged).
+
+    It stops once converged (gradient norm < tol, or an objective that falls by less than rtol,
+    relative, on PATIENCE iterations in a row), at max_iter, or on a non-finite objective.
+    """
     # A backtracking line search rather than optax's default zoom search. Many of its starts
     # stall for good far from the optimum (a synthetic step-only fit: 34% of 32 starts reach
     # it, 100% with zoom), which the many starts absorb; zoom cost more than it saved on the
@@ -62,38 +97,66 @@ def _lbfgs(objective, params: Params, max_iter: int, tol: float) -> tuple[Params
     value_and_grad = optax.value_and_grad_from_state(objective)
 
     def step(carry):
-        params, state = carry
+        params, state, calm = carry
         value, grad = value_and_grad(params, state=state)
         updates, state = opt.update(grad, state, params, value=value, grad=grad,
                                     value_fn=objective)
-        return optax.apply_updates(params, updates), state
+        new_value = otu.tree_get(state, "value")  # the line search's, at the new parameters
+        small = value - new_value <= rtol * jnp.abs(value)
+        return optax.apply_updates(params, updates), state, jnp.where(small, calm + 1, 0)
+
+    def converged(carry):
+        _, state, calm = carry
+        return ((otu.tree_get(state, "count") > 0)
+                & ((otu.tree_norm(otu.tree_get(state, "grad")) < tol) | (calm >= PATIENCE)))
 
     def keep_going(carry):
-        _, state = carry
+        _, state, _ = carry
         count = otu.tree_get(state, "count")
-        # A NaN gradient norm compares False, which ends a start that diverged.
-        return (count == 0) | ((count < max_iter) &
-                               (otu.tree_norm(otu.tree_get(state, "grad")) >= tol))
+        # A NaN objective or gradient ends a start that diverged.
+        finite = (jnp.isfinite(otu.tree_get(state, "value"))
+                  & jnp.isfinite(otu.tree_norm(otu.tree_get(state, "grad"))))
+        return (count == 0) | ((count < max_iter) & finite & ~converged(carry))
 
-    params, state = jax.lax.while_loop(keep_going, step, (params, opt.init(params)))
-    return params, otu.tree_get(state, "count")
+    carry = jax.lax.while_loop(keep_going, step, (params, opt.init(params), jnp.int32(0)))
+    return carry[0], otu.tree_get(carry[1], "count"), converged(carry)
 
 
 @functools.partial(jax.jit, static_argnames=("num_starts",))
 def _fit(law: Law, key: jax.Array, steps_N: jax.Array, props_NxK: jax.Array,
          log_loss_N: jax.Array, weights_N: jax.Array, *, num_starts: int, max_iter: jax.Array,
-         delta: jax.Array, tol: jax.Array) -> FitResult:
-    # Only the number of starts shapes the program: iterations, delta and tol are traced, so
-    # changing them costs no compilation.
+         delta: jax.Array, tol: jax.Array, rtol: jax.Array) -> _Fitted:
+    # Only the number of starts shapes the program: iterations, delta and tolerances are
+    # traced, so changing them costs no compilation.
     objective = functools.partial(huber_log_objective, law, steps_N=steps_N, props_NxK=props_NxK,
                                   log_loss_N=log_loss_N, weights_N=weights_N, delta=delta)
     starts = jax.vmap(law.init)(jax.random.split(key, num_starts))
-    finals, iterations = jax.vmap(lambda p: _lbfgs(objective, p, max_iter, tol))(starts)
+    finals, iterations, converged = jax.vmap(
+        lambda p: _lbfgs(objective, p, max_iter, tol, rtol))(starts)
     losses = jax.vmap(objective)(finals)
     losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
     best = jnp.argmin(losses)
-    return FitResult(jax.tree.map(lambda x: x[best], finals), losses[best], losses,
-                     iterations[best])
+    return _Fitted(jax.tree.map(lambda x: x[best], finals), losses[best], losses,
+                   iterations[best], converged[best] & jnp.isfinite(losses[best]))
+
+
+@jax.jit
+def _rescale(law: Law, params: Params, step_scale: jax.Array, loss_scale: jax.Array) -> Params:
+    return law.rescale(params, step_scale, loss_scale)
+
+
+def at_bound(law: Law, params: Params, tol: float = BOUND_TOL) -> tuple[str, ...]:
+    """The bounded parameters within `tol` of their range from an end: "alpha", "t[2]", ...
+
+    There the fit would have gone further (BiMix with alpha at 0 ignores the mixture).
+    """
+    out = []
+    for name, _ in law.bounds.items():
+        u = np.atleast_1d(np.asarray(jax.nn.sigmoid(params[name]), np.float64))
+        near = (u < tol) | (u > 1 - tol)
+        scalar = np.ndim(params[name]) == 0
+        out += [name if scalar else f"{name}[{j}]" for j in np.flatnonzero(near)]
+    return tuple(out)
 
 
 def fit_key(seed: int, *ids: int) -> jax.Array:
@@ -118,26 +181,102 @@ def _pad(n_to: int, *arrays: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def _bad_rows(name: str, bad_N: np.ndarray, values_N: np.ndarray, need: str) -> None:
+    if np.any(bad_N):
+        first = int(np.flatnonzero(bad_N)[0])
+        value = np.asarray(values_N[first]).tolist()
+        raise ValueError(f"{name}: {int(bad_N.sum())} of {len(bad_N)} values are not {need} "
+                         f"(first: row {first}, {value}); drop those rows first")
+
+
+def check_rows(law: Law, steps_N: Any, props_NxK: Any, loss_N: Any, weights_N: Any = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, proportions, losses, weights) as float64 arrays, each checked; ValueError names
+    the argument and its first bad row."""
+    loss_N = np.asarray(loss_N, np.float64).reshape(-1)
+    n = len(loss_N)
+    if n == 0:
+        raise ValueError("no rows to fit")
+    steps_N = np.asarray(steps_N, np.float64).reshape(-1)
+    props_NxK = np.asarray(props_NxK, np.float64)
+    weights_N = np.ones(n) if weights_N is None else np.asarray(weights_N, np.float64)
+    shapes = {"steps_N": steps_N.shape, "props_NxK": props_NxK.shape,
+              "weights_N": weights_N.shape}
+    expected = {"steps_N": (n,), "props_NxK": (n, law.num_domains), "weights_N": (n,)}
+    for name, shape in shapes.items():
+        if shape != expected[name]:
+            raise ValueError(f"{name} has shape {shape}; with {n} losses and a law of "
+                             f"{law.num_domains} domains it must be {expected[name]}")
+    with np.errstate(invalid="ignore"):
+        _bad_rows("loss_N", ~(np.isfinite(loss_N) & (loss_N > 0)), loss_N, "finite and > 0")
+        _bad_rows("steps_N", ~(np.isfinite(steps_N) & (steps_N > 0)), steps_N,
+                  "finite and > 0")
+        share_ok = np.all(np.isfinite(props_NxK) & (props_NxK >= 0), axis=1)
+        _bad_rows("props_NxK", ~share_ok, props_NxK, "finite and >= 0")
+        total_N = props_NxK.sum(axis=1)
+        _bad_rows("props_NxK row sums", np.abs(total_N - 1) > PROPS_TOL, total_N,
+                  f"1 within {PROPS_TOL} (proportions of a mixture)")
+        _bad_rows("weights_N", ~(np.isfinite(weights_N) & (weights_N >= 0)), weights_N,
+                  "finite and >= 0")
+    if not weights_N.sum() > 0:
+        raise ValueError("weights_N: every weight is 0, so there are no rows to fit")
+    return steps_N, props_NxK, loss_N, weights_N
+
+
+def _geometric_mean(x_N: np.ndarray, weights_N: np.ndarray) -> float:
+    return float(np.exp(np.sum(weights_N * np.log(x_N)) / np.sum(weights_N)))
+
+
 def fit(law: Law, key: jax.Array, steps_N: Any, props_NxK: Any, loss_N: Any,
         weights_N: Any = None, *, num_starts: int = 64, max_iter: int = 500,
-        delta: float = 0.01, tol: float = 1e-6, pad_to: int | None = None) -> FitResult:
+        delta: float = 0.01, tol: float = 1e-6, rtol: float = RTOL,
+        pad_to: int | None = None) -> FitResult:
     """Best of `num_starts` L-BFGS fits of `law` (Huber in log space); deterministic in `key`.
+
+    The fit does not depend on the units of steps or losses: it fits steps / step_scale and
+    loss / loss_scale (their weighted geometric means moved to STEP_REF and LOSS_REF, where the
+    random starts lie) and maps the parameters back, so that `params` predict in the units
+    given and multiplying every step (or loss) by a constant changes no prediction. A start
+    stops once converged (`_lbfgs`) or at `max_iter`; the result says whether the best one
+    converged and which bounded parameters ended on a bound. Bad input (no rows, non-finite or
+    non-positive steps or losses, mismatched shapes) is a ValueError naming the argument.
 
     Rows are padded (weight 0) to `pad_to`, or to a power of two >= MIN_PAD: fits of one
     law family and one padded size share a compilation.
     """
+    steps_N, props_NxK, loss_N, weights_N = check_rows(law, steps_N, props_NxK, loss_N,
+                                                       weights_N)
     n = len(loss_N)
-    if n == 0:
-        raise ValueError("no rows to fit")
-    weights_N = np.ones(n, np.float32) if weights_N is None else np.asarray(weights_N, np.float32)
+    for name, value, low in (("num_starts", num_starts, 1), ("max_iter", max_iter, 1)):
+        if not (isinstance(value, (int, np.integer)) and value >= low):
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not (math.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be finite and > 0, got {delta!r}")
+    for name, value in (("tol", tol), ("rtol", rtol)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
     size = padded_size(n) if pad_to is None else pad_to
     if size < n:
         raise ValueError(f"pad_to={pad_to} is below the {n} rows to fit")
+    step_scale = _geometric_mean(steps_N, weights_N) / STEP_REF
+    loss_scale = _geometric_mean(loss_N, weights_N) / LOSS_REF
     # The log of the data is taken once here, not in every objective evaluation of the loop.
-    steps, props, log_loss = _pad(size, steps_N, props_NxK, np.log(np.asarray(loss_N, float)))
-    weights = np.concatenate([weights_N, np.zeros(size - n, np.float32)])
-    return _fit(law, key, steps, props, log_loss, weights, num_starts=num_starts,
-                max_iter=jnp.int32(max_iter), delta=jnp.float32(delta), tol=jnp.float32(tol))
+    steps, props, log_loss = _pad(size, steps_N / step_scale, props_NxK,
+                                  np.log(loss_N) - math.log(loss_scale))
+    weights = np.concatenate([weights_N, np.zeros(size - n)]).astype(np.float32)
+    raw = _fit(law, key, steps, props, log_loss, weights, num_starts=num_starts,
+               max_iter=jnp.int32(max_iter), delta=jnp.float32(delta), tol=jnp.float32(tol),
+               rtol=jnp.float32(rtol))
+    params = _rescale(law, raw.params, jnp.float32(step_scale), jnp.float32(loss_scale))
+    lost = [k for k, v in params.items() if not np.all(np.isfinite(np.asarray(v)))]
+    if lost and np.isfinite(float(raw.loss)):
+        raise ValueError(f"the {law.name} fit's {lost} leave their bounds "
+                         f"{[law.bounds.get(k) for k in lost]} in the units given (steps "
+                         f"{step_scale:.4g} x, losses {loss_scale:.4g} x those fitted); "
+                         f"divide the steps or losses to bring their geometric means nearer "
+                         f"{STEP_REF:g} and {LOSS_REF:g}")
+    return FitResult(params, raw.loss, raw.start_losses, int(raw.iterations),
+                     bool(raw.converged), at_bound(law, raw.params), step_scale, loss_scale)
 
 
 @jax.jit
@@ -153,6 +292,38 @@ def predict(law: Law, params: Params, steps_N: Any, props_NxK: Any,
         return np.zeros(0, np.float32)
     steps, props = _pad(max(padded_size(n), pad_to or 0), steps_N, props_NxK)
     return np.asarray(_predict(law, params, steps, props))[:n]
+
+
+def fit_columns(result: FitResult, prefix: str = "") -> dict[str, Any]:
+    """A fit's table columns: `converged`, `iterations` and `at_bound` (names, space-separated;
+    empty when none), each name led by `prefix`."""
+    return {f"{prefix}converged": result.converged, f"{prefix}iterations": result.iterations,
+            f"{prefix}at_bound": " ".join(result.at_bound)}
+
+
+def warn_fits(rows: Sequence[dict[str, Any]], group_keys: Sequence[str],
+              prefixes: Sequence[str] = ("",), file: Any = None) -> list[str]:
+    """Prints (to stderr) and returns one warning line per group of table rows whose fits did
+    not converge or ended with a parameter on a bound.
+
+    Rows carry `law` and the `fit_columns` of each prefix; groups are the distinct values of
+    `group_keys` (e.g. model and eval domain), in the order they first appear.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for row in rows:
+        problems = groups.setdefault(tuple(row[k] for k in group_keys), [])
+        for prefix in prefixes:
+            what = f"{row['law']}{' (' + prefix.rstrip('_') + ')' if prefix else ''}"
+            if not row[f"{prefix}converged"]:
+                problems.append(f"{what} did not converge in {row[f'{prefix}iterations']} "
+                                "iterations")
+            if row[f"{prefix}at_bound"]:
+                problems.append(f"{what} has {row[f'{prefix}at_bound']} at a bound")
+    lines = [f"warning: law fits of {'/'.join(map(str, group))}: {'; '.join(problems)}"
+             for group, problems in groups.items() if problems]
+    for line in lines:
+        print(line, file=file or sys.stderr)
+    return lines
 
 
 # --- Diagnostics ------------------------------------------------------------------------------
@@ -248,10 +419,34 @@ class ProtocolResult(NamedTuple):
 def evaluate_protocol(law: Law, key: jax.Array, steps_N: Any, props_NxK: Any, loss_N: Any,
                       mixture_N: Any, *, step_cut: float, heldout_ids: Any,
                       **fit_kwargs: Any) -> ProtocolResult:
-    """Fits on the `fit` split, predicts every row, and scores each split."""
-    steps_N, props_NxK, loss_N = (np.asarray(a) for a in (steps_N, props_NxK, loss_N))
+    """Fits on the `fit` split, predicts every row, and scores each split.
+
+    Every row is checked as `fit` checks its own (a ValueError names the argument), and the
+    split must hold a fit: >= MIN_FIT_STEPS distinct steps <= step_cut and >= MIN_FIT_MIXTURES
+    mixtures not held out, and some row after step_cut to extrapolate to.
+    """
+    steps_N, props_NxK, loss_N, _ = check_rows(law, steps_N, props_NxK, loss_N)
+    mixture_N = np.asarray(mixture_N).reshape(-1)
+    if len(mixture_N) != len(loss_N):
+        raise ValueError(f"mixture_N has {len(mixture_N)} rows, the losses {len(loss_N)}")
+    if not math.isfinite(step_cut):
+        raise ValueError(f"step_cut must be finite, got {step_cut!r}")
     split_N = protocol_splits(steps_N, mixture_N, step_cut, heldout_ids)
     on = split_N == "fit"
+    fit_steps, fit_mixtures = np.unique(steps_N[on]), np.unique(mixture_N[on])
+    where = (f"step_cut={step_cut:g} (steps {steps_N.min():g} to {steps_N.max():g}) with "
+             f"mixtures {np.atleast_1d(heldout_ids).tolist()} held out")
+    if not on.any():
+        raise ValueError(f"no rows to fit: no row of a mixture not held out lies at or below "
+                         f"{where}")
+    if len(fit_steps) < MIN_FIT_STEPS:
+        raise ValueError(f"{len(fit_steps)} distinct steps to fit ({fit_steps.tolist()}) at "
+                         f"or below {where}; the protocol needs >= {MIN_FIT_STEPS}")
+    if len(fit_mixtures) < MIN_FIT_MIXTURES:
+        raise ValueError(f"{len(fit_mixtures)} mixture(s) to fit below {where}; the protocol "
+                         f"needs >= {MIN_FIT_MIXTURES}")
+    if not np.any(steps_N > step_cut):
+        raise ValueError(f"no row lies above {where}: nothing to extrapolate to")
     result = fit(law, key, steps_N[on], props_NxK[on], loss_N[on], **fit_kwargs)
     pred_N = predict(law, result.params, steps_N, props_NxK, fit_kwargs.get("pad_to"))
     scores = {split: metrics(loss_N[split_N == split], pred_N[split_N == split],

@@ -7,6 +7,11 @@ come from the parametrisation: scales are exp(raw), exponents lo + (hi - lo) * s
 `constrain` turns raw parameters into the paper's named coefficients, `unconstrain` does the
 inverse (used to generate synthetic data and to check recovered values).
 
+`rescale` maps parameters fitted on s / sigma and L / lambda back to s and L (exactly: every
+law is invariant to the unit of s and of the loss), which lets the fitter work in a unit where
+its random starts fit; `bounds` names the bounded parameters, so that a fit can report one
+that ends on its bound.
+
 Laws (s = training step, r = mixture proportions summing to 1, s0 = STEP_REF):
 - bimix (Ge et al. 2024): L_i = (A_i / r_i^alpha_i) * (B_i / s^beta_i + C_i). A_i is not
   identifiable apart from B_i and C_i (only A_i*B_i and A_i*C_i enter), so A_i = 1.
@@ -32,6 +37,9 @@ import numpy as np
 
 Params = dict[str, jax.Array]
 STEP_REF = 1e4  # B is fitted as its value at s0 = 1e4 steps: log B and beta then decouple
+# The fitter divides losses by their geometric mean / LOSS_REF: the middle, in log, of the
+# LM losses of 1 to 10 that the random starts cover.
+LOSS_REF = 3.0
 ZERO_SHARE_POLICIES = ("drop", "epsilon")
 
 # Bounds of exponents and of the unbounded-sign coefficients (lo, hi).
@@ -51,6 +59,18 @@ def _unbounded(value: Any, lo_hi: tuple[float, float]) -> jax.Array:
     lo, hi = lo_hi
     u = (jnp.asarray(value, jnp.float32) - lo) / (hi - lo)
     return jnp.log(u) - jnp.log1p(-u)
+
+
+def _shift_bounded(raw: jax.Array, shift: jax.Array, lo_hi: tuple[float, float]) -> jax.Array:
+    """The raw value of lo + (hi - lo) * sigmoid(raw) + shift; NaN where that leaves (lo, hi).
+
+    With u = sigmoid(raw) and 1 - u = sigmoid(-raw) each computed apart, a raw value far out
+    on either side survives a zero shift (1 - u rounds to 0 in float32 beyond raw ~ 17).
+    """
+    lo, hi = lo_hi
+    d = shift / (hi - lo)
+    moved = jnp.log(jax.nn.sigmoid(raw) + d) - jnp.log(jax.nn.sigmoid(-raw) - d)
+    return jnp.where(d == 0, raw, moved)  # no shift: the raw value itself, bit for bit
 
 
 def _log_steps(steps_N: jax.Array) -> jax.Array:
@@ -101,6 +121,14 @@ def bimix_unconstrain(values: dict[str, Any], num_domains: int) -> Params:
             "log_c": jnp.log(jnp.asarray(values["C"] * scale, jnp.float32))}
 
 
+def bimix_rescale(params: Params, log_step_scale: jax.Array, log_loss_scale: jax.Array
+                  ) -> Params:
+    """Fitted on s / sigma and L / lambda: B gains sigma^beta and lambda, C gains lambda."""
+    beta = _bounded(params["beta"], BETA)
+    return {**params, "log_b": params["log_b"] + beta * log_step_scale + log_loss_scale,
+            "log_c": params["log_c"] + log_loss_scale}
+
+
 # --- Ye et al. --------------------------------------------------------------------------------
 
 def ye_log_predict(params: Params, steps_N: jax.Array, props_NxK: jax.Array, *,
@@ -138,6 +166,15 @@ def ye_unconstrain(values: dict[str, Any], num_domains: int) -> Params:
             "beta": _unbounded(beta, BETA), "log_b": jnp.log(jnp.asarray(b_ref, jnp.float32))}
 
 
+def ye_rescale(params: Params, log_step_scale: jax.Array, log_loss_scale: jax.Array) -> Params:
+    """Fitted on s / sigma and L / lambda: B gains sigma^beta; c and exp(t . r) gain lambda,
+    t as t + log lambda (the proportions sum to 1)."""
+    beta = _bounded(params["beta"], BETA)
+    return {**params, "log_b": params["log_b"] + beta * log_step_scale,
+            "log_c": params["log_c"] + log_loss_scale,
+            "t": _shift_bounded(params["t"], log_loss_scale, T_BOUND)}
+
+
 # --- Linear (RegMix-style) --------------------------------------------------------------------
 
 def linear_log_predict(params: Params, steps_N: jax.Array, props_NxK: jax.Array, *,
@@ -162,6 +199,14 @@ def linear_constrain(params: Params) -> dict[str, jax.Array]:
 def linear_unconstrain(values: dict[str, Any], num_domains: int) -> Params:
     w = jnp.broadcast_to(jnp.asarray(values["w"], jnp.float32), (num_domains,))
     return {"w": _unbounded(w, W_BOUND), "b": _unbounded(values["b"], SLOPE)}
+
+
+def linear_rescale(params: Params, log_step_scale: jax.Array, log_loss_scale: jax.Array
+                   ) -> Params:
+    """Fitted on s / sigma and L / lambda: every w_j gains b log sigma + log lambda (the
+    proportions sum to 1)."""
+    shift = _bounded(params["b"], SLOPE) * log_step_scale + log_loss_scale
+    return {**params, "w": _shift_bounded(params["w"], shift, W_BOUND)}
 
 
 # --- Step-only control ------------------------------------------------------------------------
@@ -196,6 +241,9 @@ def step_only_unconstrain(values: dict[str, Any], num_domains: int) -> Params:
             "log_c": jnp.log(jnp.asarray(values["C"], jnp.float32))}
 
 
+step_only_rescale = bimix_rescale  # the same B, beta and C
+
+
 # --- The law object ---------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -207,14 +255,19 @@ class LawFns:
     constrain: Callable[[Params], dict[str, jax.Array]]
     unconstrain: Callable[[dict[str, Any], int], Params]
     uses_mixture: bool
+    rescale: Callable[[Params, jax.Array, jax.Array], Params]
+    bounds: tuple[tuple[str, tuple[float, float]], ...]  # (raw parameter, (lo, hi) of its value)
 
 
 FAMILIES = {
-    "bimix": LawFns(bimix_log_predict, bimix_init, bimix_constrain, bimix_unconstrain, True),
-    "ye": LawFns(ye_log_predict, ye_init, ye_constrain, ye_unconstrain, True),
-    "linear": LawFns(linear_log_predict, linear_init, linear_constrain, linear_unconstrain, True),
+    "bimix": LawFns(bimix_log_predict, bimix_init, bimix_constrain, bimix_unconstrain, True,
+                    bimix_rescale, (("alpha", ALPHA), ("beta", BETA))),
+    "ye": LawFns(ye_log_predict, ye_init, ye_constrain, ye_unconstrain, True, ye_rescale,
+                 (("t", T_BOUND), ("beta", BETA))),
+    "linear": LawFns(linear_log_predict, linear_init, linear_constrain, linear_unconstrain, True,
+                     linear_rescale, (("w", W_BOUND), ("b", SLOPE))),
     "step_only": LawFns(step_only_log_predict, step_only_init, step_only_constrain,
-                        step_only_unconstrain, False),
+                        step_only_unconstrain, False, step_only_rescale, (("beta", BETA),)),
 }
 LAW_NAMES = tuple(FAMILIES)
 
@@ -252,6 +305,18 @@ class Law:
 
     def unconstrain(self, values: dict[str, Any]) -> Params:
         return self.fns.unconstrain(values, self.num_domains)
+
+    def rescale(self, params: Params, step_scale: Any, loss_scale: Any) -> Params:
+        """Parameters fitted on (s / step_scale, L / loss_scale) as parameters for (s, L): the
+        same predictions in the original units. A value the bounds cannot hold comes back
+        non-finite."""
+        return self.fns.rescale(params, jnp.log(jnp.asarray(step_scale, jnp.float32)),
+                                jnp.log(jnp.asarray(loss_scale, jnp.float32)))
+
+    @property
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """Raw parameter -> the (lo, hi) its value lies in (the others are unbounded)."""
+        return dict(self.fns.bounds)
 
 
 def make_law(name: str, num_domains: int, domain: int = 0, eps: float = 1e-12) -> Law:
