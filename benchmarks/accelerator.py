@@ -1,7 +1,10 @@
 """One command that measures phasemix on whatever backend JAX finds, into one JSON report.
 
   python -m benchmarks.accelerator --out=reports/h100      # <= 10 minutes on one GPU/TPU
-  python -m benchmarks.accelerator --smoke --out=/tmp/acc  # the same sections, small, on a CPU
+  python -m benchmarks.accelerator --smoke --out=/tmp/acc  # the same sections, small
+
+On a CPU backend the sizes are the smoke ones with or without --smoke (the full sizes, 512
+vmapped runs and a 4,000-step bfloat16 demo, would take far longer than 10 minutes there).
 
 Writes `accelerator_report.json` into `--out` (default: the current folder) with:
   backend, device_kind   what JAX ran on;
@@ -76,10 +79,11 @@ class Sizes:
     demo_variant: str  # grokking config variant of the bfloat16 demo
 
 
-FULL = Sizes(seconds=3.0, grokking_batch_size=None, lm_batch_sizes=(64, 512, 4096), run_counts=(1, 8, 64, 256, 512),
-             vmapped_runs=(1, 8), run_steps=300, demo_variant="")
-SMOKE = Sizes(seconds=0.3, grokking_batch_size=64, lm_batch_sizes=(16,), run_counts=(1, 2, 4), vmapped_runs=(2,),
-              run_steps=10, demo_variant="smoke")
+FULL = Sizes(seconds=3.0, grokking_batch_size=None, lm_batch_sizes=(64, 512, 4096),
+             run_counts=(1, 8, 64, 256, 512), vmapped_runs=(8,), run_steps=300,
+             demo_variant="")
+SMOKE = Sizes(seconds=0.3, grokking_batch_size=64, lm_batch_sizes=(16,), run_counts=(1, 2, 4),
+              vmapped_runs=(2,), run_steps=10, demo_variant="smoke")
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:
@@ -212,12 +216,15 @@ def bf16_demo(sizes: Sizes, folder: pathlib.Path) -> dict[str, Any]:
 
 
 def measure(smoke: bool) -> dict[str, Any]:
+    """Every section at the smoke sizes (`smoke`, or a CPU backend) or the full ones."""
+    smoke = smoke or jax.default_backend() == "cpu"
     sizes = SMOKE if smoke else FULL
     device = jax.devices()[0]
     start = time.perf_counter()
     report: dict[str, Any] = {
         "backend": jax.default_backend(), "device_kind": device.device_kind,
-        "device_count": jax.device_count(), "jax_version": jax.__version__, "smoke": smoke}
+        "device_count": jax.device_count(), "jax_version": jax.__version__, "smoke": smoke,
+        "sizes": dataclasses.asdict(sizes)}
     sections = {}  # wall and CPU seconds each section took, so a slow one shows
     cpu_start = time.process_time()
     with tempfile.TemporaryDirectory(prefix="accelerator_") as tmp:
