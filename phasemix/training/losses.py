@@ -1,7 +1,8 @@
 """Losses and accuracies as pure functions of logits and a batch.
 
 Every function returns *sums* plus a count, so metrics of several batches (or of shards on
-several devices) combine exactly: mean = sum / count.
+several devices) combine exactly: mean = sum / count. Log-softmax, loss and sums are float32
+whatever dtype the logits come in (the model's are float32 already; a no-op then).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def masked_token_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array],
     masked tokens", so one forward pass scores a greedy-decoding evaluation. Returns
     (mean loss, summed metrics).
     """
+    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
     num_positions = logits_BxLxV.shape[1]
     targets_BxL = batch["targets"][:, -num_positions:]
     mask_BxL = batch["loss_mask"][:, -num_positions:].astype(jnp.float32)
@@ -46,6 +48,7 @@ def masked_token_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array],
 
 def classification_loss(logits_BxC: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]:
     """Cross-entropy and accuracy of one label per example; `batch['weight']` masks padding rows."""
+    logits_BxC = logits_BxC.astype(jnp.float32)
     labels_B = batch["labels"]
     weight_B = batch["weight"] if "weight" in batch else jnp.ones(labels_B.shape)
     weight_B = weight_B.astype(jnp.float32)

@@ -42,7 +42,9 @@ class TransformerConfig:
     causal: bool = True
     num_classes: int | None = None  # None: a token head over the vocabulary (decoder).
     pooling: str = "cls"  # classifier only: first token ("cls") or masked mean.
-    dtype: str = "float32"  # compute dtype; parameters stay float32.
+    # Compute dtype of the matrix products and activations. Parameters (so the optimizer
+    # state) stay float32; attention scores, softmax, logits and loss are float32 either way.
+    dtype: str = "float32"
     # Decoder only: logits at the last position alone, (B, 1, V). The last block then runs its
     # attention queries, MLP and the head on that one position, which is all an answer-token
     # loss reads; the outputs and gradients are those of the full model at that position.
@@ -137,6 +139,15 @@ def dense_dot(cfg: TransformerConfig) -> Callable[..., jax.Array] | None:
     return transposed_kernel_grad_dot if cfg.transposed_kernel_grads else None
 
 
+def head_dot(cfg: TransformerConfig) -> Callable[..., jax.Array] | None:
+    """The output head's product: with a bfloat16 compute dtype, bfloat16 operands that
+    accumulate into float32 logits, so that no logit is rounded to bfloat16's 8 bits before
+    the softmax; in float32, the dense layers' own (`dense_dot`), unchanged."""
+    if jnp.dtype(cfg.dtype) == jnp.float32:
+        return dense_dot(cfg)
+    return functools.partial(lax.dot_general, preferred_element_type=jnp.float32)
+
+
 def sinusoidal_positions(max_len: int, d_model: int) -> jax.Array:
     """The fixed sin/cos table of Vaswani et al.; shape (max_len, d_model)."""
     position_L = jnp.arange(max_len)[:, None]
@@ -165,9 +176,12 @@ class Attention(nn.Module):
         # and XLA fuses it into the copy that lays the queries out by head.
         q_BxQxHxK = qkv_BxLx3xHxK[:, x_BxLxD.shape[1] - num_queries:, 0] * head_dim**-0.5
         k_BxLxHxK, v_BxLxHxK = qkv_BxLx3xHxK[:, :, 1], qkv_BxLx3xHxK[:, :, 2]
-        logits_BxHxQxL = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxLxHxK)
-        # Softmax in float32 for stability whatever the compute dtype.
-        logits_BxHxQxL = jnp.where(mask_BxQxL[:, None], logits_BxHxQxL.astype(jnp.float32),
+        # Scores accumulate into float32 and the softmax runs in float32 whatever the compute
+        # dtype (bfloat16 products, float32 sums): exp of a bfloat16 score is off by up to 2^-8
+        # relative, and the probabilities of a long row would not sum to 1.
+        logits_BxHxQxL = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxLxHxK,
+                                    preferred_element_type=jnp.float32)
+        logits_BxHxQxL = jnp.where(mask_BxQxL[:, None], logits_BxHxQxL,
                                    jnp.finfo(jnp.float32).min)
         probs_BxHxQxL = jax.nn.softmax(logits_BxHxQxL, axis=-1).astype(dtype)
         out_BxQxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxQxL, v_BxLxHxK)
@@ -227,8 +241,9 @@ class Transformer(nn.Module):
             x_BxLxD = Block(cfg, name=f"block_{i}")(x_BxLxD, block_mask)
         x_BxLxD = nn.LayerNorm(dtype=dtype, name="ln_final")(x_BxLxD)
 
+        # The head's logits are float32 (`head_dot`); the bias adds to them in float32.
         if cfg.num_classes is None:  # (B, L, V), or (B, 1, V) with last_position_only
-            logits_BxLxV = nn.Dense(cfg.vocab_size, dtype=dtype, dot_general=dense_dot(cfg),
+            logits_BxLxV = nn.Dense(cfg.vocab_size, dtype=dtype, dot_general=head_dot(cfg),
                                     name="head")(x_BxLxD)
             return logits_BxLxV.astype(jnp.float32)
         if cfg.pooling == "cls":
@@ -237,6 +252,6 @@ class Transformer(nn.Module):
             weight_BxL = pad_mask_BxL.astype(dtype)
             pooled_BxD = jnp.einsum("bld,bl->bd", x_BxLxD, weight_BxL) / jnp.maximum(
                 weight_BxL.sum(-1, keepdims=True), 1)
-        logits_BxC = nn.Dense(cfg.num_classes, dtype=dtype, dot_general=dense_dot(cfg),
+        logits_BxC = nn.Dense(cfg.num_classes, dtype=dtype, dot_general=head_dot(cfg),
                               name="head")(pooled_BxD)
         return logits_BxC.astype(jnp.float32)
