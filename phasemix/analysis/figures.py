@@ -25,6 +25,7 @@ RUN_TABLES = (
     "grokking/sentiment_runs.csv",
     "grokking/sentiment_curves.csv",
     "grokking/classifier_weights.csv",
+    "grokking/long_budget.csv",
     "knowledge/runs.csv",
     "knowledge/frequency.csv",
     "knowledge/capacity_pilot.csv",
