@@ -16,10 +16,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from phasemix.base import plotting, validation
+from phasemix.base import plotting, results_table, validation
 from phasemix.data import synbio
 from phasemix.analysis import capacity, transitions
-from phasemix.runs import sweep
 
 ACCURACY = "bio_accuracy"  # mean exact match over attributes and templates (the paper's metric)
 # The per-person table (exposures, exact-match accuracy) every knowledge_mixing run writes;
@@ -96,11 +95,11 @@ def sharpness(points: list[dict[str, Any]], x_key: str, low: float = 0.1,
 
 def load_knapsack(config: ml_collections.ConfigDict) -> tuple[capacity.WebLaw, dict[str, Any]]:
     """The web law fitted on the :web sweep at `config.web_sweep`, and its facts."""
-    path = pathlib.Path(config.web_sweep) / sweep.RESULTS_FILE
+    path = pathlib.Path(config.web_sweep) / results_table.RESULTS_FILE
     needed = ("model.preset", "seed", ACCURACY, config.param_count, "web_val_loss",
               "tokens_per_bio")
     try:
-        rows = sweep.read_table(path)
+        rows = results_table.read_table(path)
         validation.require(bool(rows), "web_sweep", f"{path} has no runs", config.web_sweep)
         missing = [k for k in needed if k not in rows[0]]
         validation.require(not missing, "web_sweep", f"{path} is not the table of a :web sweep "
@@ -334,8 +333,8 @@ def analyse_frequency(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     for row in rows:
         if row["seed"] != config.seeds[0]:
             continue
-        people = sweep.read_table(workdir / sweep.RUNS_DIR / row["run"]
-                                  / PEOPLE_FILE)
+        people = results_table.read_table(workdir / results_table.RUNS_DIR / row["run"]
+                                          / PEOPLE_FILE)
         x, y, _ = transitions.binned_means([p["exposures"] for p in people],
                                            [p["accuracy"] for p in people])
         series[row["model.preset"]] = {"x": x, "y": y}

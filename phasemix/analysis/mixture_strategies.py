@@ -14,11 +14,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from phasemix.base import validation
+from phasemix.base import results_table, validation
 from phasemix.data import domains, mixture
 from phasemix.training import mixture_run
 from phasemix.analysis import entropy_mix, proxy_law_fits, transitions
-from phasemix.runs import sweep
 
 RESOLUTION = 10_000  # trained mixtures are multiples of 1e-4 (exact in names and configs)
 # The compared mixtures every study trains, in the order of comparison.csv.
@@ -129,7 +128,7 @@ def plot_strategies(comparison_csv: pathlib.Path, path: pathlib.Path, title: str
     """Average validation loss per strategy: seed mean +- std, and every seed as a dot."""
     from phasemix.base import plotting
 
-    rows = sweep.read_table(comparison_csv)
+    rows = results_table.read_table(comparison_csv)
     fig, ax = plotting.figure(figsize=(1.6 + 1.3 * len(rows), 4.2))
     for x, row in enumerate(rows):
         ax.errorbar([x], [row["avg_valid_loss_mean"]], yerr=[row["avg_valid_loss_std"]],

@@ -15,8 +15,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from phasemix.base import run_io, validation
-from phasemix.runs import sweep
+from phasemix.base import results_table, run_io, validation
 
 
 def law_param_count(name: str, num_domains: int) -> int:
@@ -51,7 +50,8 @@ def proxy_curves(workdir: pathlib.Path, grid: list[dict[str, Any]],
     read from the runs' metrics.jsonl."""
     out: dict[str, list] = {"mixture_N": [], "step_N": [], "props_NxK": [], "loss_NxK": []}
     for i, override in enumerate(grid):
-        for row in run_io.read_metrics(workdir / sweep.RUNS_DIR / sweep.run_name(override)):
+        run_dir = workdir / results_table.RUNS_DIR / results_table.run_name(override)
+        for row in run_io.read_metrics(run_dir):
             if row["step"] > 0:
                 out["mixture_N"].append(i)
                 out["step_N"].append(row["step"])
@@ -149,5 +149,5 @@ def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path) -> None:
     """Predicted against measured validation loss: a row per law, a column per domain."""
     from phasemix.base import plotting
 
-    plotting.predicted_vs_measured(sweep.read_table(predictions_csv), "law", "domain", path,
-                                   "Predicted vs measured validation loss of the proxies")
+    plotting.predicted_vs_measured(results_table.read_table(predictions_csv), "law", "domain",
+                                   path, "Predicted vs measured validation loss of the proxies")

@@ -17,9 +17,8 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
-from phasemix.base import validation
+from phasemix.base import results_table, validation
 from phasemix.data.published_curves import DOMAINS
-from phasemix.runs import sweep
 
 # The (split, metric) columns of the headline: medians over groups and held-out draws.
 HEADLINE = (("extrap_step", "mre"), ("heldout_mix", "r2"), ("heldout_mix", "within_step_r2"),
@@ -239,7 +238,7 @@ def plot_predictions(predictions_csv: pathlib.Path, path: pathlib.Path, zero_sha
     """Predicted against measured loss, one panel per law x model, coloured by split."""
     from phasemix.base import plotting
 
-    rows = [r for r in sweep.read_table(predictions_csv) if r["zero_share"] == zero_share]
+    rows = [r for r in results_table.read_table(predictions_csv) if r["zero_share"] == zero_share]
     plotting.predicted_vs_measured(
         rows, "law", "model", path,
         f"Predicted vs measured group loss (zero share: {zero_share}; all 5 groups)")

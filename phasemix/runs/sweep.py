@@ -40,13 +40,13 @@ import ml_collections
 from absl import logging
 
 from phasemix.base import distributed, progress, run_io, validation
+# The on-disk layout, shared with the analyses that read finished sweeps (re-exported).
+from phasemix.base.results_table import RESULTS_FILE, RUNS_DIR, read_table, run_name
 
 RunFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
 # Trains runs that differ only in seed as one vmapped program: (configs, workdirs) -> summaries.
 GroupRunFn = Callable[[list[ml_collections.ConfigDict], list[str]], list[dict[str, Any]]]
 ValidateFn = Callable[[ml_collections.ConfigDict], None]
-RESULTS_FILE = "results.csv"
-RUNS_DIR = "runs"
 RUN_SECONDS_FILE = "sweep_seconds.json"  # in a run's folder: the sweep's wall time for it
 
 
@@ -90,16 +90,6 @@ def grid(axes: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None = No
     keys = list(axes)
     return [{**fixed, **dict(zip(keys, combo))}
             for combo in itertools.product(*(axes[k] for k in keys))]
-
-
-def _format_value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def run_name(overrides: Mapping[str, Any]) -> str:
-    """A readable, filesystem-safe folder name such as `task.train_count=400,seed=1`."""
-    name = ",".join(f"{k}={_format_value(v)}" for k, v in overrides.items()) or "base"
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
 
 
 def apply_overrides(base: ml_collections.ConfigDict,
@@ -173,23 +163,6 @@ def write_table(rows: Iterable[Mapping[str, Any]], path: pathlib.Path) -> None:
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     tmp.write_text(buffer.getvalue())
     os.replace(tmp, path)
-
-
-def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a results table, with numbers parsed back (empty cells become None)."""
-
-    def parse(value: str | None) -> Any:
-        if value is None or value == "":  # None: a row shorter than the header
-            return None
-        for kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-        return {"True": True, "False": False}.get(value, value)
-
-    with open(path, newline="") as f:
-        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _run_one(run_fn: RunFn, config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, Any], float]:
