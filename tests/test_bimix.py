@@ -9,6 +9,8 @@ import pytest
 from conftest import run_python
 from experiments import bimix
 from phasemix.base import run_io, validation
+from phasemix.training import mixture_run
+from phasemix.analysis import mixture_strategies, proxy_law_fits
 from phasemix.runs import sweep
 
 
@@ -47,7 +49,8 @@ def test_proxies_for_more_law_parameters():
     """Ye et al.'s law has K + 3 = 7 parameters with 4 domains: 9 proxies leave 7 to fit after
     2 are held out, 8 leave only 6."""
     config = bimix.get_config()
-    assert bimix.law_param_count("ye", 4) == 7 and bimix.law_param_count("bimix", 4) == 4
+    assert proxy_law_fits.law_param_count("ye", 4) == 7
+    assert proxy_law_fits.law_param_count("bimix", 4) == 4
     config.num_proxies = 9
     bimix.validate(config)
     config.num_proxies = 8
@@ -58,16 +61,17 @@ def test_proxies_for_more_law_parameters():
 def test_default_config_is_valid_and_mixtures_are_exact():
     config = bimix.get_config()
     bimix.validate(config)
-    grid = bimix.proxy_grid(config)
-    assert len(grid) == config.num_proxies and grid == bimix.proxy_grid(config)  # seeded
+    grid = mixture_strategies.proxy_grid(config)
+    assert len(grid) == config.num_proxies
+    assert grid == mixture_strategies.proxy_grid(config)  # seeded
     for override in grid:
         shares = np.array(override["mixture"])
-        assert abs(shares.sum() - 1) <= bimix.MIX_TOL and np.all(shares >= 0)
-        np.testing.assert_allclose(shares * bimix.RESOLUTION,
-                                   np.round(shares * bimix.RESOLUTION), atol=1e-6)
+        assert abs(shares.sum() - 1) <= mixture_run.MIX_TOL and np.all(shares >= 0)
+        np.testing.assert_allclose(shares * mixture_strategies.RESOLUTION,
+                                   np.round(shares * mixture_strategies.RESOLUTION), atol=1e-6)
     config.seed = 1
-    assert bimix.proxy_grid(config) != grid
-    assert bimix.quantize([1 / 3] * 3) == (0.3334, 0.3333, 0.3333)
+    assert mixture_strategies.proxy_grid(config) != grid
+    assert mixture_strategies.quantize([1 / 3] * 3) == (0.3334, 0.3333, 0.3333)
     assert len({sweep.run_name(g) for g in grid}) == len(grid)
 
 
@@ -75,13 +79,13 @@ def test_a_run_trains_on_the_exact_mixture_and_scores_every_domain(tmp_path):
     config = bimix.get_config("smoke").base
     config.cache_dir = str(tmp_path / "cache")
     config.mixture = (0.25, 0.75)
-    task = bimix.make_task(config)
+    task = mixture_run.make_task(config)
     for step in range(config.num_steps):
         domain_B = task.train_batches[step]["domain"]
         assert np.bincount(domain_B, minlength=2).tolist() == [2, 6]  # 0.25 and 0.75 of 8
     assert sorted(task.eval_sets) == ["valid_biographies", "valid_encyclopedia"]
     assert all(s["inputs"].shape == (16, 16) for s in task.eval_sets.values())
-    summary = bimix.run_mixture(config, str(tmp_path / "run"))
+    summary = mixture_run.run_mixture(config, str(tmp_path / "run"))
     rows = run_io.read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [0, 2, 4, 6, 8]
     assert all(np.isfinite(r["valid_encyclopedia_loss"]) and np.isfinite(
@@ -125,7 +129,7 @@ def synthetic_law_run(config, workdir):
 def test_study_on_synthetic_curves_finds_the_true_optimum(tmp_path, monkeypatch):
     from phasemix.analysis import mixture_opt
 
-    monkeypatch.setattr(bimix, "run_mixture", synthetic_law_run)
+    monkeypatch.setattr(mixture_run, "run_mixture", synthetic_law_run)
     config = bimix.get_config("smoke")
     config.base.cache_dir = str(tmp_path / "cache")
     config.seeds = (0, 1)
@@ -148,13 +152,13 @@ def test_study_on_synthetic_curves_finds_the_true_optimum(tmp_path, monkeypatch)
     np.testing.assert_allclose(list(summary["mixtures"]["optimized"].values()), expected,
                                atol=2e-3)
     comparison = sweep.read_table(workdir / "comparison.csv")
-    assert [r["strategy"] for r in comparison] == list(bimix.STRATEGIES)
+    assert [r["strategy"] for r in comparison] == list(mixture_strategies.STRATEGIES)
     best = min(comparison, key=lambda r: r["avg_valid_loss_mean"])
     assert best["strategy"] == "optimized"
     assert summary["versus_uniform"]["optimized"]["beats_uniform"]
     assert best["avg_valid_loss_std"] == pytest.approx(0.001 / np.sqrt(2))
     # Re-running the command trains nothing again.
-    monkeypatch.setattr(bimix, "run_mixture", None)
+    monkeypatch.setattr(mixture_run, "run_mixture", None)
     assert bimix.run(config, str(workdir))["mixtures"] == summary["mixtures"]
 
 
@@ -173,20 +177,20 @@ def _comparison_rows():
 
 def test_comparison_and_headline_against_uniform():
     config = bimix.get_config("smoke")
-    strategies = {k: (0.5, 0.5) for k in bimix.STRATEGIES}
-    table = bimix.compare(config, strategies, _comparison_rows(), {},
-                          ("encyclopedia", "biographies"))
-    assert [r["strategy"] for r in table] == list(bimix.STRATEGIES)
+    strategies = {k: (0.5, 0.5) for k in mixture_strategies.STRATEGIES}
+    table = mixture_strategies.compare(config, strategies, _comparison_rows(), {},
+                                       ("encyclopedia", "biographies"))
+    assert [r["strategy"] for r in table] == list(mixture_strategies.STRATEGIES)
     optimized = table[-1]
     assert optimized["avg_valid_loss_mean"] == pytest.approx(3.915)
     assert optimized["minus_uniform_mean"] == pytest.approx(-0.095)
     assert optimized["valid_encyclopedia_loss_mean"] == pytest.approx(4.415)
-    head = bimix.headline(table)
+    head = mixture_strategies.headline(table)
     assert head["optimized"]["beats_uniform"] and head["optimized"]["beyond_seed_spread"]
     assert head["entropy"]["beats_uniform"] and not head["entropy"]["beyond_seed_spread"]
     assert not head["natural"]["beats_uniform"]
     one_seed = [dict(r, avg_valid_loss_std=0.0) for r in table]  # one seed: no spread to beat
-    verdict = bimix.headline(one_seed)["optimized"]
+    verdict = mixture_strategies.headline(one_seed)["optimized"]
     assert verdict["beyond_seed_spread"] is None and "no seed spread): lower" in verdict["verdict"]
 
 
@@ -212,10 +216,10 @@ print(json.dumps(bimix.run(config, {str(workdir)!r})))
                  "domains.csv", "summary.json", "predicted_vs_measured.png", "strategies.png"):
         assert (workdir / name).exists(), name
     results = sweep.read_table(workdir / sweep.RESULTS_FILE)
-    assert len(results) == 5 + len(bimix.STRATEGIES)
+    assert len(results) == 5 + len(mixture_strategies.STRATEGIES)
     assert all(r["final_step"] == 8 for r in results)
     comparison = sweep.read_table(workdir / "comparison.csv")
-    assert [r["strategy"] for r in comparison] == list(bimix.STRATEGIES)
+    assert [r["strategy"] for r in comparison] == list(mixture_strategies.STRATEGIES)
     fits = sweep.read_table(workdir / "fits.csv")
     assert [(r["law"], r["domain"]) for r in fits] == [("bimix", "encyclopedia"),
                                                        ("bimix", "biographies")]

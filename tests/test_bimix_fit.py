@@ -14,6 +14,7 @@ from conftest import ROOT
 from experiments import bimix_fit
 from phasemix.base import run_io, validation
 from phasemix.data import published_curves
+from phasemix.analysis import published_law_fits
 from phasemix.runs import sweep
 
 CURVES = published_curves.DEFAULT_CURVES
@@ -70,14 +71,15 @@ def test_fits_on_threads_give_the_same_table_as_one_thread():
     config = bimix_fit.get_config("smoke")
     config.laws = ("bimix", "ye")
     data = published_curves.load_curves(CURVES)
-    selected = {m: bimix_fit.select(data[m], config, m) for m in config.models}
+    selected = {m: published_law_fits.select(data[m], config, m) for m in config.models}
     pad_to = 256
     rows = {}
     for threads in (1, 3):
         config.threads = threads
-        rows[threads] = [row for row, _, _ in bimix_fit.fit_all(config, selected, pad_to)]
+        rows[threads] = [row for row, _, _ in published_law_fits.fit_all(config, selected, pad_to)]
     assert [(r["law"], r["domain"]) for r in rows[3]] == [
-        (j.law_name, published_curves.DOMAINS[j.domain_index]) for j in bimix_fit.jobs_for(config)]
+        (j.law_name, published_curves.DOMAINS[j.domain_index])
+        for j in published_law_fits.jobs_for(config)]
     assert run_io.nan_to_none(rows[3]) == run_io.nan_to_none(rows[1])  # bit for bit
 
 

@@ -5,9 +5,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from experiments import knowledge_phase
+from experiments import knowledge_mixing, knowledge_phase
 from phasemix.base import run_io, validation
-from phasemix.analysis import capacity
+from phasemix.data import synbio
+from phasemix.analysis import capacity, knowledge_sweeps
 from phasemix.runs import sweep
 
 
@@ -20,7 +21,7 @@ def _rows(points, **fixed):
                "params": 800_000, "non_embedding_params": 100_000, "web_val_loss": 5.0,
                "exposures_mean": 150 * ratio, "tokens_per_bio": 100.0,
                "people_all_attributes": accuracy ** 5, "run_seconds": 60.0}
-        row.update({f"accuracy_{a}": accuracy for a in knowledge_phase.synbio.ATTRIBUTES})
+        row.update({f"accuracy_{a}": accuracy for a in synbio.ATTRIBUTES})
         row.update(fixed)
         out.append(row)
     return out
@@ -84,7 +85,7 @@ def test_size_mode_takes_one_ratio_grid_per_preset():
     assert [(g["model.preset"], g["ratio"]) for g in grid] == [
         ("tiny-16", 0.5), ("tiny-16", 1.0), ("tiny-32", 0.2), ("tiny-48", 0.1),
         ("tiny-48", 0.2)]
-    assert knowledge_phase.size_ratios(config) == [0.1, 0.2, 0.5, 1.0]
+    assert knowledge_sweeps.size_ratios(config) == [0.1, 0.2, 0.5, 1.0]
     config.ratios_per_preset = ((0.5,), (0.2,))
     with pytest.raises(validation.ConfigError, match="ratios_per_preset"):
         knowledge_phase.validate(config)
@@ -108,20 +109,20 @@ def test_unknown_variant_is_refused():
 def test_ratio_analysis_finds_the_critical_ratio_and_the_transition_width(tmp_path):
     config = knowledge_phase.get_config()
     rows = _rows([(0.05, 0.0), (0.1, 0.04), (0.15, 0.62), (0.3, 0.9)])
-    summary = knowledge_phase._analyse_ratio(config, tmp_path, rows)
+    summary = knowledge_sweeps.analyse_ratio(config, tmp_path, rows)
     assert 0.1 < summary["critical"] < 0.15
     assert (summary["critical_low"], summary["critical_high"]) == (0.1, 0.15)
     assert summary["transition_factor"] == pytest.approx(1.5)  # < 10% at 0.1, > 50% at 0.15
     assert (tmp_path / "accuracy_vs_ratio.png").exists()
-    gradual = knowledge_phase.sharpness(knowledge_phase.per_point(
+    gradual = knowledge_sweeps.sharpness(knowledge_sweeps.per_point(
         _rows([(0.05, 0.05), (0.1, 0.2), (0.2, 0.35), (0.4, 0.55)]), ("ratio",)), "ratio")
     assert gradual["transition_factor"] == pytest.approx(8.0)
 
 
 def test_seed_spread_of_the_critical_ratio():
     rows = _rows([(0.1, 0.0), (0.2, 1.0)]) + _rows([(0.1, 0.4), (0.2, 1.0)], seed=1)
-    points = knowledge_phase.per_point(rows, ("ratio",))
-    found = knowledge_phase.critical_point(points, "ratio", 0.5, rows)
+    points = knowledge_sweeps.per_point(rows, ("ratio",))
+    found = knowledge_sweeps.critical_point(points, "ratio", 0.5, rows)
     assert points[0]["bio_accuracy_mean"] == pytest.approx(0.2)
     assert found["critical_seed_std"] > 0
 
@@ -150,7 +151,7 @@ def test_size_analysis_fits_the_critical_ratio_power_law_and_overlays_the_theory
     config.presets = ("tiny-32", "tiny-48", "tiny-64", "tiny-96")
     config.ratios = tuple(float(r) for r in np.geomspace(0.01, 1.0, 13))
     config.web_sweep = str(web_dir)
-    summary = knowledge_phase._analyse_size(config, tmp_path, _size_rows(-1.0))
+    summary = knowledge_sweeps.analyse_size(config, tmp_path, _size_rows(-1.0))
     fit = summary["critical_ratio_power_law"]
     # The grid's resolution (a factor 1.47) bounds how well the exponent is measured.
     assert fit["exponent"] == pytest.approx(-1.0, abs=0.25) and fit["points"] == 4
@@ -167,9 +168,9 @@ def test_size_analysis_with_per_preset_grids_finds_each_critical_ratio(tmp_path)
     full = [float(r) for r in np.geomspace(0.01, 1.0, 13)]
     # Each size sampled on its own 5 ratios around r_c = 0.1 * (P / 1e5)^-1.
     config.ratios_per_preset = (tuple(full[7:12]), tuple(full[3:8]), tuple(full[1:6]))
-    wanted = {(p, r) for p, grid in knowledge_phase.size_grid(config).items() for r in grid}
+    wanted = {(p, r) for p, grid in knowledge_sweeps.size_grid(config).items() for r in grid}
     rows = [r for r in _size_rows(-1.0) if (r["model.preset"], r["ratio"]) in wanted]
-    summary = knowledge_phase._analyse_size(config, tmp_path, rows)
+    summary = knowledge_sweeps.analyse_size(config, tmp_path, rows)
     critical = {s["preset"]: s["critical"] for s in summary["per_size"]}
     for preset, n in (("tiny-32", 3e4), ("tiny-64", 1e5), ("tiny-96", 2e5)):
         assert critical[preset] == pytest.approx(0.1 * (n / 1e5) ** -1.0, rel=0.5), preset
@@ -194,6 +195,10 @@ def test_ratio_sweep_end_to_end(tmp_path):
         assert (tmp_path / name).exists(), name
     assert (pathlib.Path(tmp_path) / "runs" / "ratio=1,seed=0" / "people.csv").exists()
 
+
+
+def test_frequency_analysis_reads_the_per_person_table_knowledge_mixing_writes():
+    assert knowledge_sweeps.PEOPLE_FILE == knowledge_mixing.PEOPLE_FILE == "people.csv"
 
 @pytest.mark.slow
 def test_web_then_size_smoke_sweeps_predict_and_measure(tmp_path):

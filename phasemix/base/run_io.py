@@ -358,3 +358,20 @@ def nan_to_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [nan_to_none(v) for v in value]
     return value
+
+
+@contextlib.contextmanager
+def flags_under(prefix: str) -> Iterator[None]:
+    """Names a nested config's errors by their full flag: checks of `config.base` that fail
+    on `num_steps` say --config.base.num_steps, the flag a user passes to the sweep."""
+    try:
+        yield
+    except Diverged:
+        raise
+    except validation.ConfigError as e:
+        if not prefix or e.field is None or e.reason is None:
+            raise
+        field = f"{prefix}{e.field}"
+        shown = "" if e.value is None else f"={e.value!r}"
+        raise validation.ConfigError(f"--config.{field}{shown}: {e.reason}", field, e.value,
+                                     e.reason) from e

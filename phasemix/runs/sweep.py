@@ -17,7 +17,6 @@ with every run finished so far, by any of them, so that it ends as the unsharded
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import dataclasses
@@ -34,19 +33,19 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 from absl import logging
 
 from phasemix.base import distributed, progress, run_io, validation
+# The on-disk layout, shared with the analyses that read finished sweeps (re-exported).
+from phasemix.base.results_table import RESULTS_FILE, RUNS_DIR, read_table, run_name
 
 RunFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
 # Trains runs that differ only in seed as one vmapped program: (configs, workdirs) -> summaries.
 GroupRunFn = Callable[[list[ml_collections.ConfigDict], list[str]], list[dict[str, Any]]]
 ValidateFn = Callable[[ml_collections.ConfigDict], None]
-RESULTS_FILE = "results.csv"
-RUNS_DIR = "runs"
 RUN_SECONDS_FILE = "sweep_seconds.json"  # in a run's folder: the sweep's wall time for it
 
 
@@ -92,16 +91,6 @@ def grid(axes: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None = No
             for combo in itertools.product(*(axes[k] for k in keys))]
 
 
-def _format_value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def run_name(overrides: Mapping[str, Any]) -> str:
-    """A readable, filesystem-safe folder name such as `task.train_count=400,seed=1`."""
-    name = ",".join(f"{k}={_format_value(v)}" for k, v in overrides.items()) or "base"
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
-
-
 def apply_overrides(base: ml_collections.ConfigDict,
                     overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """A copy of `base` with dotted `overrides` set; an unknown field is a ConfigError."""
@@ -128,21 +117,8 @@ def apply_overrides(base: ml_collections.ConfigDict,
     return config
 
 
-@contextlib.contextmanager
-def flags_under(prefix: str) -> Iterator[None]:
-    """Names a nested config's errors by their full flag: checks of `config.base` that fail
-    on `num_steps` say --config.base.num_steps, the flag a user passes to the sweep."""
-    try:
-        yield
-    except run_io.Diverged:
-        raise
-    except validation.ConfigError as e:
-        if not prefix or e.field is None or e.reason is None:
-            raise
-        field = f"{prefix}{e.field}"
-        shown = "" if e.value is None else f"={e.value!r}"
-        raise validation.ConfigError(f"--config.{field}{shown}: {e.reason}", field, e.value,
-                                     e.reason) from e
+# Kept under its old name: sweeps and experiments call sweep.flags_under.
+flags_under = run_io.flags_under
 
 
 def _finished(workdir: pathlib.Path,
@@ -188,23 +164,6 @@ def write_table(rows: Iterable[Mapping[str, Any]], path: pathlib.Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     run_io.write_text_atomic(path, buffer.getvalue())
-
-
-def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a results table, with numbers parsed back (empty cells become None)."""
-
-    def parse(value: str | None) -> Any:
-        if value is None or value == "":  # None: a row shorter than the header
-            return None
-        for kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-        return {"True": True, "False": False}.get(value, value)
-
-    with open(path, newline="") as f:
-        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _run_one(run_fn: RunFn, config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, Any], float]:

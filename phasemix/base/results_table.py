@@ -1,0 +1,44 @@
+"""The layout a sweep leaves on disk, for the code that reads it back.
+
+`<sweep_dir>/results.csv` (RESULTS_FILE) has one row per run; each run keeps its outputs in
+`<sweep_dir>/runs/<run_name(overrides)>/` (RUNS_DIR). `read_table` reads such a table with its
+numbers parsed back. `phasemix.runs.sweep` writes this layout and re-exports these names, so
+that analyses of finished sweeps need not import the sweep runner.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from typing import Any, Mapping
+
+RESULTS_FILE = "results.csv"
+RUNS_DIR = "runs"
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def run_name(overrides: Mapping[str, Any]) -> str:
+    """A readable, filesystem-safe folder name such as `task.train_count=400,seed=1`."""
+    name = ",".join(f"{k}={_format_value(v)}" for k, v in overrides.items()) or "base"
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+
+
+def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a results table, with numbers parsed back (empty cells become None)."""
+
+    def parse(value: str | None) -> Any:
+        if value is None or value == "":  # None: a row shorter than the header
+            return None
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return {"True": True, "False": False}.get(value, value)
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
