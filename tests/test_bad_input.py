@@ -265,3 +265,35 @@ def test_a_sweep_rerun_with_a_larger_grid_keeps_every_finished_run(tmp_path):
     with pytest.raises(validation.ConfigError, match=r"^--config\.xs: .*x=1"):
         sweep.run_sweep(base, sweep.grid({"x": [2, 3]}), tmp_path, run_fn, grid_flags=flags)
     assert (tmp_path / "results.csv").read_bytes() == table
+
+
+# --- The same classes on a second sweep experiment ------------------------------------------
+
+CAPACITY = ("experiments.knowledge_capacity", "--config=experiments/knowledge_capacity.py:smoke")
+
+
+@pytest.fixture(scope="module")
+def finished_capacity(tmp_path_factory) -> pathlib.Path:
+    """A finished knowledge_capacity smoke sweep (N = 20 and 40, one seed)."""
+    workdir = tmp_path_factory.mktemp("capacity") / "sweep"
+    proc = run_cli(*CAPACITY, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_a_smaller_capacity_grid_on_a_finished_sweep_is_refused(finished_capacity):
+    before = snapshot(finished_capacity)
+    proc = run_cli(*CAPACITY, f"--workdir={finished_capacity}",
+                   "--config.people_per_preset=((20,),)")
+    line = check_refused(proc, "--config.people_per_preset", before, finished_capacity)
+    assert "synbio.num_people=40" in line
+
+
+def test_a_diverging_capacity_sweep_marks_its_runs_and_exits_3(tmp_path):
+    workdir = tmp_path / "capacity"
+    proc = run_cli(*CAPACITY, f"--workdir={workdir}", "--config.base.opt.lr=1e9")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "--config.base.opt.lr" in error_line(proc)
+    with open(workdir / "results.csv", newline="") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["diverged", "diverged"]
+    assert not (workdir / "capacity.csv").exists()  # no analysis of diverged runs
