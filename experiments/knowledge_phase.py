@@ -80,7 +80,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.sub_critical_ratio = 0.15
     config.steps_multipliers = (1, 2, 4)  # longer mode
     config.keep_fractions = (0.5, 0.25)  # mitigation: subsample the people
-    config.compact_fractions = (0.1, 0.3)  # mitigation: compact tuples (tau)
+    config.compact_fractions = (0.1, 0.3)  # mitigation: this share of bio tokens as tuples
+    # Mitigation: compact tuples added at this fraction tau of all training tokens, the
+    # paper's compact knowledge mixing (biographies keep r; the web gives up tau).
+    config.tuple_fractions = ()
     config.frequency_ratio = 0.3  # frequency mode: r, with power-law popularity
     config.popularity_exponent = 1.0  # frequency mode: person i drawn with weight (i+1)^-e
     config.frequency_people = 2000  # frequency mode: N
@@ -130,9 +133,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        "must be in (0, 1)", config.keep_fractions)
     validation.require(all(0 < c < 1 for c in config.compact_fractions), "compact_fractions",
                        "must be in (0, 1)", config.compact_fractions)
+    validation.require(all(0 < t < 1 for t in config.tuple_fractions), "tuple_fractions",
+                       "must be in (0, 1)", config.tuple_fractions)
     if config.mode == "mitigation":
-        validation.require(len(config.keep_fractions) + len(config.compact_fractions) > 0,
-                           "keep_fractions", "is empty and so is --config.compact_fractions: the "
+        validation.require(len(config.keep_fractions) + len(config.compact_fractions)
+                           + len(config.tuple_fractions) > 0, "keep_fractions",
+                           "is empty and so are --config.compact_fractions and "
+                           "--config.tuple_fractions: the "
                            "mitigation sweep needs at least one mitigation to compare",
                            config.keep_fractions)
     if config.mode in ("size", "web", "frequency"):
@@ -172,7 +179,8 @@ def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     if config.mode == "mitigation":
         fixed = {"ratio": config.sub_critical_ratio}
         variants = ([{}] + [{"mix.keep_fraction": k} for k in config.keep_fractions]
-                    + [{"mix.compact_fraction": c} for c in config.compact_fractions])
+                    + [{"mix.compact_fraction": c} for c in config.compact_fractions]
+                    + [{"mix.tuple_fraction": t} for t in config.tuple_fractions])
         return [{**fixed, **v, "seed": s} for v in variants for s in config.seeds]
     return sweep.grid({"model.preset": config.presets, **seeds},
                       {"ratio": config.frequency_ratio,
@@ -187,6 +195,7 @@ def grid_flags(config: ml_collections.ConfigDict) -> dict[str, str]:
         config.mode, "sub_critical_ratio")
     return {"seed": "seeds", "model.preset": "presets", "ratio": ratio_flag,
             "mix.keep_fraction": "keep_fractions", "mix.compact_fraction": "compact_fractions",
+            "mix.tuple_fraction": "tuple_fractions",
             "synbio.num_people": "frequency_people", "final_eval_people": "frequency_people",
             "synbio.popularity_exponent": "popularity_exponent"}
 

@@ -307,14 +307,18 @@ def analyse_longer(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 def analyse_mitigation(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                        rows: list[dict[str, Any]]) -> dict[str, Any]:
     for row in rows:
-        row["variant"] = ("compact" if row["mix.compact_fraction"] > 0 else
+        row.setdefault("mix.tuple_fraction", 0.0)  # tables from before the tuple stream
+        row["variant"] = ("tuples" if row["mix.tuple_fraction"] > 0 else
+                          "compact" if row["mix.compact_fraction"] > 0 else
                           "subsample" if row["mix.keep_fraction"] < 1 else "baseline")
-    points = per_point(rows, ("variant", "mix.keep_fraction", "mix.compact_fraction"))
+    points = per_point(rows, ("variant", "mix.keep_fraction", "mix.compact_fraction",
+                              "mix.tuple_fraction"))
     for p in points:  # people-equivalents of facts learned: accuracy x people trained on
         p["people_learned"] = p[f"{ACCURACY}_mean"] * p["people_trained"]
     baseline = next(p for p in points if p["variant"] == "baseline")
-    labels = [f"{p['variant']} keep={p['mix.keep_fraction']:g} tau={p['mix.compact_fraction']:g}"
-              for p in points]
+    labels = [f"{p['variant']} keep={p['mix.keep_fraction']:g} "
+              + (f"added tau={p['mix.tuple_fraction']:g}" if p["variant"] == "tuples"
+                 else f"replaced={p['mix.compact_fraction']:g}") for p in points]
     plotting.bar_panels(labels, {
         "accuracy on the people trained on": [p[f"{ACCURACY}_mean"] for p in points],
         "people learned (accuracy x people)": [p["people_learned"] for p in points]},
@@ -323,7 +327,9 @@ def analyse_mitigation(config: ml_collections.ConfigDict, workdir: pathlib.Path,
             "best_subsample_accuracy": max((p[f"{ACCURACY}_mean"] for p in points
                                             if p["variant"] == "subsample"), default=None),
             "best_compact_accuracy": max((p[f"{ACCURACY}_mean"] for p in points
-                                          if p["variant"] == "compact"), default=None)}
+                                          if p["variant"] == "compact"), default=None),
+            "best_tuples_accuracy": max((p[f"{ACCURACY}_mean"] for p in points
+                                         if p["variant"] == "tuples"), default=None)}
 
 
 def analyse_frequency(config: ml_collections.ConfigDict, workdir: pathlib.Path,
