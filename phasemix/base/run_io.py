@@ -128,7 +128,8 @@ def _require_remote_workdir(text: str, flag: str) -> epath.Path:
         raise validation.ConfigError(
             f"--{flag}={text}: cannot reach the bucket ({type(e).__name__}: {first}); "
             "check `gcloud auth application-default login` and the bucket's name") from e
-    validation.require_flag(bucket_exists, flag, f"bucket {bucket!r} does not exist", text)
+    validation.require_flag(bucket_exists, flag, f"bucket {bucket!r} does not exist (or these "
+                            "credentials cannot see it)", text)
     validation.require_flag(not is_object, flag, "is a file, not a folder", text)
     return path
 
