@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any, Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
 
-from phasemix.base import distributed
+from phasemix.base import distributed, run_io
 
 
 def figure(nrows: int = 1, ncols: int = 1, **kwargs):
@@ -20,7 +21,13 @@ def figure(nrows: int = 1, ncols: int = 1, **kwargs):
 
 def save(fig, path: str | os.PathLike) -> None:
     fig.tight_layout()
-    if distributed.is_primary():  # in a multi-process job, one process writes each file
+    if not distributed.is_primary():  # in a multi-process job, one process writes each file
+        return
+    if run_io.is_remote(path):  # matplotlib writes local files: draw to memory, upload once
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=120, format=os.fspath(path).rsplit(".", 1)[-1])
+        run_io.write_bytes_atomic(path, buffer.getvalue())
+    else:
         fig.savefig(path, dpi=120)
 
 

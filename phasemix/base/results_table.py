@@ -9,9 +9,12 @@ that analyses of finished sweeps need not import the sweep runner.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from typing import Any, Mapping
+
+from phasemix.base import run_io
 
 RESULTS_FILE = "results.csv"
 RUNS_DIR = "runs"
@@ -40,5 +43,8 @@ def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
                 pass
         return {"True": True, "False": False}.get(value, value)
 
+    if run_io.is_remote(path):  # a sweep folder in a bucket (gs://...)
+        lines = io.StringIO(run_io.run_path(path).read_text(), newline="")
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(lines)]
     with open(path, newline="") as f:
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]

@@ -2,11 +2,16 @@
 
 Files that are replaced as a whole are written atomically (temporary file + rename), so a run
 killed mid-write never leaves a half-written JSON behind.
+
+A run folder may also be a bucket URI (`--workdir=gs://bucket/run`): its paths are then
+`etils.epath` paths (gcsfs underneath), and a file is written as one object upload, which
+Cloud Storage makes visible whole or not at all, so no temporary file is needed there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -17,6 +22,7 @@ from typing import Any, Iterable, Iterator
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from phasemix.base import validation
 
@@ -32,6 +38,24 @@ DIVERGED_EXIT_CODE = 3
 DIVERGED = "diverged"  # summary.json's `status` of such a run; a finished run's is "finished"
 # The flags that most often make a run diverge, named in its error.
 DIVERGENCE_FLAGS = ("--config.opt.lr", "--config.model.init_scale", "--config.model.dtype")
+
+
+# A path of a run folder: local (pathlib) or in a bucket (etils.epath, e.g. gs://bucket/run).
+RunPath = pathlib.Path | epath.Path
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether `path` names a bucket (gs://bucket/..., or another scheme epath knows)."""
+    return "://" in os.fspath(path)
+
+
+def run_path(path: str | os.PathLike) -> RunPath:
+    """`path` as a path object: epath for a bucket URI (pathlib would fold `gs://b/run` into a
+    local folder `gs:/b/run`), pathlib.Path otherwise, so that local runs behave as before."""
+    if isinstance(path, epath.Path) and is_remote(path):
+        return path
+    text = os.fspath(path)
+    return epath.Path(text) if is_remote(text) else pathlib.Path(text)
 
 
 class Diverged(validation.ConfigError):
@@ -58,18 +82,20 @@ def divergence_message(step: int, quantity: str, value: Any, flag_prefix: str = 
 def diverged_summary(workdir: str | os.PathLike) -> dict[str, Any] | None:
     """The summary of a run that diverged earlier in `workdir`, else None."""
     try:
-        summary = read_json(pathlib.Path(workdir) / SUMMARY_FILE)
+        summary = read_json(run_path(workdir) / SUMMARY_FILE)
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) and summary.get("status") == DIVERGED else None
 
 
-def require_workdir(workdir: str | os.PathLike | None, flag: str = "workdir") -> pathlib.Path:
+def require_workdir(workdir: str | os.PathLike | None, flag: str = "workdir") -> RunPath:
     """Refuses an empty --workdir (it would write into the current folder), a file, or a
     folder that cannot be created or written; writes nothing."""
-    text = "" if workdir is None else str(workdir)
+    text = "" if workdir is None else os.fspath(workdir)
     validation.require_flag(text.strip() != "", flag,
                             "is empty: name the run's folder (e.g. --workdir=runs/name)", text)
+    if is_remote(text):
+        return _require_remote_workdir(text, flag)
     path = pathlib.Path(os.path.expanduser(text))
     validation.require_flag(not path.exists() or path.is_dir(), flag, "is a file, not a folder",
                             text)
@@ -80,6 +106,31 @@ def require_workdir(workdir: str | os.PathLike | None, flag: str = "workdir") ->
                             f"cannot be created: {existing} is a file", text)
     validation.require_flag(os.access(existing, os.W_OK | os.X_OK), flag,
                             f"is not writable ({existing} is read-only)", text)
+    return path
+
+
+def _require_remote_workdir(text: str, flag: str) -> epath.Path:
+    """A bucket URI's checks: its bucket exists (gcsfs would otherwise create a mistyped
+    bucket on the first write) and the run's path is not an object (a file)."""
+    path = epath.Path(text)
+    scheme, rest = text.split("://", 1)
+    bucket = rest.split("/", 1)[0]
+    validation.require_flag(bucket != "", flag, "names no bucket (e.g. gs://bucket/run)", text)
+    try:
+        bucket_exists = epath.Path(f"{scheme}://{bucket}").exists()
+        is_object = path.exists() and not path.is_dir()
+    except ImportError as e:  # epath reaches gs:// through gcsfs (or TensorFlow)
+        raise validation.ConfigError(
+            f"--{flag}={text}: writing to {scheme}:// needs gcsfs ({e}); pip install gcsfs"
+        ) from e
+    except Exception as e:  # noqa: BLE001 (no credentials, no network: each client its type)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise validation.ConfigError(
+            f"--{flag}={text}: cannot reach the bucket ({type(e).__name__}: {first}); "
+            "check `gcloud auth application-default login` and the bucket's name") from e
+    validation.require_flag(bucket_exists, flag, f"bucket {bucket!r} does not exist (or these "
+                            "credentials cannot see it)", text)
+    validation.require_flag(not is_object, flag, "is a file, not a folder", text)
     return path
 
 
@@ -99,6 +150,8 @@ _TEMPORARY_SUFFIX = ".tmp"  # of `_write_atomic`'s files: .<name>.<random>.tmp
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:
     """Deletes the temporary files a killed writer left in `folder` (call it only where no
     other process is writing: a run's own workdir at its start)."""
+    if is_remote(folder):  # bucket writes make no temporaries
+        return
     for stale in pathlib.Path(folder).glob(f".*{_TEMPORARY_SUFFIX}"):
         stale.unlink(missing_ok=True)
 
@@ -106,7 +159,13 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
 def _write_atomic(path: str | os.PathLike, mode: str, write: Any) -> None:
     """`write(file)` into a temporary file beside `path`, then renames it over `path`, with the
     permissions a plain open() would give (tempfile's are owner-only, unreadable to the other
-    users of a shared filesystem)."""
+    users of a shared filesystem). In a bucket, one object upload, atomic by itself."""
+    if is_remote(path):
+        buffer = io.BytesIO() if "b" in mode else io.StringIO()
+        write(buffer)
+        data = buffer.getvalue()
+        run_path(path).write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        return
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.",
@@ -125,7 +184,7 @@ def unchanged_on_failure(folder: str | os.PathLike,
     subfolders, nor names in `keep`) as they were, if the block raises: a sweep whose analysis
     fails leaves its earlier results, not a mix of old and new ones. Files the block created
     are removed again. `Diverged` leaves the files as the block wrote them."""
-    folder = pathlib.Path(folder)
+    folder = run_path(folder)
     before = {}
     if folder.is_dir():
         before = {p.name: p.read_bytes() for p in folder.iterdir()
@@ -144,6 +203,11 @@ def unchanged_on_failure(folder: str | os.PathLike,
             if not path.is_file() or path.read_bytes() != data:
                 _write_atomic(path, "wb", lambda f, data=data: f.write(data))
         raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """`data` replaces `path` whole (a figure, an archive)."""
+    _write_atomic(path, "wb", lambda f: f.write(data))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -172,8 +236,8 @@ def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
 def read_snapshots(workdir: str | os.PathLike) -> dict[int, dict[str, np.ndarray]]:
     """step -> arrays, from the `snapshots/<step>.npz` files a run wrote at its evaluations."""
     out = {}
-    for file in pathlib.Path(workdir, SNAPSHOT_DIR).glob("*.npz"):
-        with np.load(file) as data:
+    for file in (run_path(workdir) / SNAPSHOT_DIR).glob("*.npz"):
+        with file.open("rb") as f, np.load(f) as data:
             out[int(file.stem)] = {k: data[k] for k in data.files}
     return dict(sorted(out.items()))
 
@@ -185,7 +249,7 @@ def _to_builtin(value: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
+    with run_path(path).open() as f:
         return json.load(f)
 
 
@@ -209,7 +273,7 @@ def flatten_config(config: ml_collections.ConfigDict | dict[str, Any]) -> dict[s
     return _flatten(tree)
 
 
-def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> pathlib.Path:
+def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> RunPath:
     """Creates the workdir or checks that it holds this same run; then writes config.json.
 
     A workdir that holds another experiment, or this experiment with other settings, is an
@@ -235,7 +299,7 @@ def config_differences(found: dict[str, Any], wanted: dict[str, Any]) -> dict[st
             if old.get(k) != new.get(k) and k.rsplit(".", 1)[-1] not in EXECUTION_FIELDS}
 
 
-def check_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> pathlib.Path:
+def check_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> RunPath:
     """The checks of `prepare_workdir`, writing nothing (every process of a job runs them)."""
     workdir = require_workdir(workdir)
     config_path = workdir / CONFIG_FILE
@@ -263,9 +327,10 @@ def check_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict)
     return workdir
 
 
-def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def write_config(workdir: RunPath, config: ml_collections.ConfigDict) -> None:
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
+        if not is_remote(workdir):  # a bucket has no folders to create
+            workdir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(workdir / CONFIG_FILE, config_to_dict(config))
     except OSError as e:
         raise validation.ConfigError(f"--workdir={workdir} is not writable: {e}") from e
@@ -273,11 +338,11 @@ def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> No
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """All rows of metrics.jsonl; a torn last line (killed mid-write) is ignored."""
-    path = pathlib.Path(workdir) / METRICS_FILE
+    path = run_path(workdir) / METRICS_FILE
     if not path.exists():
         return []
     rows = []
-    with open(path) as f:
+    with path.open() as f:
         for line in f:
             try:
                 rows.append(json.loads(line))
@@ -287,22 +352,30 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
+
+    A bucket has no appends: there the whole file is uploaded again at each row (one object
+    write, so a reader sees every row up to the newest or the previous version whole)."""
 
     def __init__(self, workdir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True):
-        self._workdir = pathlib.Path(workdir)
+        self._workdir = run_path(workdir)
         self._path = self._workdir / METRICS_FILE
+        self._remote = is_remote(self._workdir)
         # Rows past the checkpoint a run resumes from were made by the killed process; the
         # resumed run will log those steps again.
         # From step 0 (no checkpoint) none is kept: the run logs step 0 again.
         kept = ([r for r in read_metrics(self._workdir) if r["step"] <= resume_step]
                 if resume_step else [])
+        self._lines = [json.dumps(row, default=_to_builtin) + "\n" for row in kept]
         self._rewrite(kept)
-        self._file = open(self._path, "a")
+        self._file = None if self._remote else open(self._path, "a")
         self._tensorboard, self._resume_step = tensorboard, resume_step
         self._tb = None  # opened at the first row: a finished run's rerun adds no events file
 
     def _rewrite(self, rows: Iterable[dict[str, Any]]) -> None:
+        if self._remote:
+            self._path.write_text("".join(self._lines))
+            return
         tmp = self._path.with_suffix(".jsonl.tmp")
         with open(tmp, "w") as f:
             for row in rows:
@@ -310,11 +383,16 @@ class MetricsWriter:
         os.replace(tmp, self._path)
 
     def write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row, default=_to_builtin, sort_keys=True) + "\n")
-        self._file.flush()
+        line = json.dumps(row, default=_to_builtin, sort_keys=True) + "\n"
+        if self._remote:
+            self._lines.append(line)
+            self._path.write_text("".join(self._lines))
+        else:
+            self._file.write(line)
+            self._file.flush()
         if self._tensorboard and self._tb is None:
             # TensorBoard drops the killed run's events from this step on.
-            self._tb = _summary_writer_class()(str(self._workdir / TENSORBOARD_DIR),
+            self._tb = _summary_writer_class()(os.fspath(self._workdir / TENSORBOARD_DIR),
                                                purge_step=self._resume_step + 1
                                                if self._resume_step else 0)
         if self._tb is not None:
@@ -323,7 +401,8 @@ class MetricsWriter:
                     self._tb.add_scalar(key, value, row["step"])
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -337,13 +416,43 @@ def _summary_writer_class() -> type:
     """
     if "torch" in sys.modules:
         from tensorboardX import SummaryWriter
-        return SummaryWriter
-    sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
-    try:
-        from tensorboardX import SummaryWriter
-    finally:
-        del sys.modules["torch"]
+    else:
+        sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import record_writer
+
+    # Event files in a bucket go through epath, as every other file of the run does (one set
+    # of credentials), rather than through tensorboardX's own google-cloud-storage client.
+    record_writer.register_writer_factory("gs", _BucketRecordWriterFactory())
     return SummaryWriter
+
+
+class _BucketRecordWriter:
+    """An event file in a bucket: kept in memory, uploaded whole at each flush (every two
+    minutes and at close: tensorboardX's schedule), since an object cannot be appended to."""
+
+    def __init__(self, path: str):
+        self._path, self._buffer = run_path(path), io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self._buffer.write(data)
+
+    def flush(self) -> None:
+        self._path.write_bytes(self._buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _BucketRecordWriterFactory:
+    def open(self, path: str) -> _BucketRecordWriter:
+        return _BucketRecordWriter(path)
+
+    def directory_check(self, path: str) -> None:
+        del path  # a bucket has no folders to create
 
 
 def nan_to_none(value: Any) -> Any:

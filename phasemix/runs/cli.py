@@ -222,7 +222,8 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
     except (flags.Error, AttributeError, KeyError) as e:
         _exit_on_config_error(e)
     flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS["config"])
-    flags.DEFINE_string("workdir", default_workdir, "Output folder; re-running the command "
+    flags.DEFINE_string("workdir", default_workdir, "Output folder, local or in a bucket "
+                        "(gs://bucket/run); re-running the command "
                         "resumes it.", module_name=module)
     flags.DEFINE_bool("print_config", False, "Prints the config (variant and overrides "
                       "applied) as JSON and exits; trains and writes nothing.",

@@ -25,7 +25,6 @@ import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
-import pathlib
 import re
 import signal
 import sys
@@ -121,7 +120,7 @@ def apply_overrides(base: ml_collections.ConfigDict,
 flags_under = run_io.flags_under
 
 
-def _finished(workdir: pathlib.Path,
+def _finished(workdir: run_io.RunPath,
               config: ml_collections.ConfigDict) -> tuple[dict[str, Any], float | None] | None:
     """The run's summary and sweep seconds if it completed with exactly this config, else None."""
     try:
@@ -143,7 +142,10 @@ def _finished(workdir: pathlib.Path,
     return summary, seconds
 
 
-def _check_writable(sweep_dir: pathlib.Path) -> None:
+def _check_writable(sweep_dir: run_io.RunPath) -> None:
+    if run_io.is_remote(sweep_dir):  # a bucket: no folders to create, no temporary to probe with
+        run_io.require_workdir(sweep_dir)
+        return
     try:
         (sweep_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
         # A name of its own: shards on other hosts may probe the same folder at the same time.
@@ -153,7 +155,7 @@ def _check_writable(sweep_dir: pathlib.Path) -> None:
         raise validation.ConfigError(f"--workdir={sweep_dir} is not writable: {e}") from e
 
 
-def write_table(rows: Iterable[Mapping[str, Any]], path: pathlib.Path) -> None:
+def write_table(rows: Iterable[Mapping[str, Any]], path: run_io.RunPath) -> None:
     """CSV with the union of all rows' columns (pandas.read_csv reads it); written atomically."""
     rows = list(rows)
     columns: list[str] = []
@@ -227,7 +229,7 @@ class _WorkerTraceback(Exception):
 
 
 def _run_in_workers(todo: list[tuple[str, ml_collections.ConfigDict]], run_fn: RunFn,
-                    workers: int, sweep_dir: pathlib.Path,
+                    workers: int, sweep_dir: run_io.RunPath,
                     record: Callable[[str, dict[str, Any], float], None],
                     record_diverged: Callable[[str, run_io.Diverged, float], None],
                     failed: Callable[[str, BaseException], BaseException]) -> None:
@@ -347,7 +349,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     if workers > 1 and distributed.is_multi_process():
         validation.fail("workers", "must be 1 in a multi-process job, whose processes train "
                         "each run together; use --shard to spread runs over jobs", workers)
-    sweep_dir = pathlib.Path(sweep_dir)
+    sweep_dir = run_io.run_path(sweep_dir)  # a local folder or a bucket's gs://... path
     runs = []
     for override in overrides:
         try:
@@ -498,12 +500,12 @@ def require_none_diverged(rows: Iterable[Mapping[str, Any]], sweep_dir: str | os
         first = diverged[0]
         raise run_io.Diverged(
             f"{len(diverged)} run(s) of the sweep diverged (status column of "
-            f"{pathlib.Path(sweep_dir) / RESULTS_FILE}), e.g. run {first['run']}: "
+            f"{run_io.run_path(sweep_dir) / RESULTS_FILE}), e.g. run {first['run']}: "
             f"{first.get('error', 'diverged')}", first.get("diverged_step"),
             first.get("diverged_quantity"))
 
 
-def _refuse_dropped_runs(sweep_dir: pathlib.Path, runs: list[tuple[str, dict[str, Any], Any]],
+def _refuse_dropped_runs(sweep_dir: run_io.RunPath, runs: list[tuple[str, dict[str, Any], Any]],
                          grid_flags: Mapping[str, str]) -> None:
     """A grid that leaves out runs the folder finished would rewrite the tables and figures
     without them: refused, naming the flag whose values no longer include theirs."""

@@ -1,10 +1,13 @@
-"""Orbax checkpoints of the train state and the grain iterator, saved and restored together."""
+"""Orbax checkpoints of the train state and the grain iterator, saved and restored together.
+
+The directory may be in a bucket (gs://bucket/run/checkpoints): orbax writes there through
+epath and TensorStore's gcs driver, and marks a finished checkpoint with its commit file
+(Cloud Storage has no atomic folder rename)."""
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 import sys
 from typing import Any
 
@@ -12,7 +15,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from phasemix.base import validation
+from phasemix.base import run_io, validation
 
 
 class CheckpointError(validation.ConfigError):
@@ -23,7 +26,8 @@ class Checkpointer:
     """Keeps the newest `max_to_keep` checkpoints under `directory`."""
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
-        self.directory = pathlib.Path(directory).absolute()
+        path = run_io.run_path(directory)
+        self.directory = path if run_io.is_remote(path) else path.absolute()
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import pathlib
 import signal
 import threading
 import time
@@ -586,7 +585,7 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
 def restore_params(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Any:
     """The parameters of a run's newest checkpoint, for analysis after training."""
     programs = build_programs(config, task, sharding.make_mesh())
-    checkpointer = checkpointing.Checkpointer(pathlib.Path(workdir) / run_io.CHECKPOINT_DIR)
+    checkpointer = checkpointing.Checkpointer(run_io.run_path(workdir) / run_io.CHECKPOINT_DIR)
     try:
         step = checkpointer.latest_step()
         if step is None:
@@ -598,5 +597,5 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, task: Task) 
 
 def plot_run(workdir: str, title: str, markers: dict[str, int | None] | None = None) -> None:
     """The standard figure of a run, drawn from its metrics.jsonl."""
-    plotting.training_curves(run_io.read_metrics(workdir), pathlib.Path(workdir) / "curves.png",
+    plotting.training_curves(run_io.read_metrics(workdir), run_io.run_path(workdir) / "curves.png",
                              title, markers)
