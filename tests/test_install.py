@@ -15,7 +15,7 @@ from phasemix.data import domains, reviews, synbio, web_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Extras that are not data: test tools, the PyTorch benchmark, accelerator builds of JAX.
-NOT_DATA = {"test", "bench", "cuda", "tpu", "all"}
+NOT_DATA = {"test", "bench", "cuda", "tpu", "all", "gcs"}  # gcs: bucket run folders
 # A licence name is GPL (or AGPL) but not LGPL: "LGPL-2.1" and "GNU Lesser ..." do not match.
 _GPL = re.compile(r"(?<![A-Za-z])A?GPL|GNU (Affero )?General Public License", re.IGNORECASE)
 
