@@ -392,6 +392,32 @@ def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.shar
         steps_per_call=steps_per_call_of(config, platform))
 
 
+def _holds_window(checkpointer: checkpointing.Checkpointer, step: int) -> bool:
+    """Whether the checkpoint at `step` has `TrainState.window` (those saved before it was
+    added have not); when its metadata cannot be read, the restore itself reports why."""
+    absl_logger = logging.get_absl_logger()
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns that it read metadata without handlers
+    try:
+        tree = checkpointer._manager.item_metadata(step)["state"].tree
+    except Exception:  # orbax raises many types; the restore that follows names the problem
+        return True
+    finally:
+        absl_logger.setLevel(level)
+    return not isinstance(tree, dict) or "window" in tree
+
+
+def _without_window(abstract_state: TrainState) -> dict[str, Any]:
+    return {"step": abstract_state.step, "params": abstract_state.params,
+            "opt_state": abstract_state.opt_state}
+
+
+def _with_empty_window(restored: dict[str, Any], abstract_state: TrainState) -> TrainState:
+    window = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding),
+                          abstract_state.window)
+    return TrainState(window=window, **restored)
+
+
 def _stack(trees: list[Any]) -> Any:
     return jax.tree.map(lambda *xs: np.stack(xs), *trees)
 
@@ -429,7 +455,15 @@ class _Run:
         self.elapsed_before = 0.0
 
     def restore(self, abstract_state: TrainState) -> TrainState:
-        state = self.checkpointer.restore(self.start_step, abstract_state, self.data_iter)
+        if _holds_window(self.checkpointer, self.start_step):
+            state = self.checkpointer.restore(self.start_step, abstract_state, self.data_iter)
+        else:
+            state = _with_empty_window(self.checkpointer.restore(
+                self.start_step, _without_window(abstract_state), self.data_iter),
+                abstract_state)
+            logging.warning("Step %d's checkpoint predates window sums: the batch metrics of "
+                            "the next evaluation average the steps after it only.",
+                            self.start_step)
         rows = [r for r in run_io.read_metrics(self.workdir) if r["step"] <= self.start_step]
         self.elapsed_before = rows[-1]["elapsed_seconds"] if rows else 0.0
         logging.info("Resumed from step %d in %s", self.start_step, self.checkpointer.directory)
@@ -700,7 +734,9 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, task: Task) 
         step = checkpointer.latest_step()
         if step is None:
             raise checkpointing.CheckpointError(f"{workdir} has no checkpoint")
-        return checkpointer.restore_state(step, programs.abstract_state).params
+        if _holds_window(checkpointer, step):
+            return checkpointer.restore_state(step, programs.abstract_state).params
+        return checkpointer.restore_state(step, _without_window(programs.abstract_state))["params"]
     finally:
         checkpointer.close()
 
