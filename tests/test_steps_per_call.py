@@ -85,14 +85,14 @@ def test_a_run_resumed_inside_a_window_matches_one_never_stopped(tmp_path):
     config = smoke(5)
     grokking.run(config, str(tmp_path / "full"))
     task = grokking.make_task(config)
-    # Batch 12 is fetched for the call of steps 10-15: SIGTERM saves step 15, mid-window.
+    # SIGTERM while batch 12 is fetched ends that call after it: step 13 is saved, mid-window.
     killed = dataclasses.replace(
         task, train_batches=grain.MapDataset.source(SigtermAt(task.train_batches, at=12)))
     with pytest.raises(train.Preempted) as stop:
         train.train_and_evaluate(config, str(tmp_path / "resumed"), killed)
-    assert stop.value.step == 15
+    assert stop.value.step == 13
     saved = checkpoint_leaves(tmp_path / "resumed", config)
-    assert sorted(saved) == [15]
+    assert sorted(saved) == [13]
     resumed = grokking.run(config, str(tmp_path / "resumed"))
     assert comparable(run_io.read_metrics(tmp_path / "resumed")) == comparable(
         run_io.read_metrics(tmp_path / "full"))

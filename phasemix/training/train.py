@@ -629,17 +629,28 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
         steps_per_call = programs.steps_per_call
         stacked_axis = programs.batch_axis + 1  # the example axis behind (runs,) steps
 
-        def dispatch(start: int, end: int) -> tuple[TrainState, dict[str, jax.Array]]:
+        def dispatch(start: int, end: int, sigterm: _SigtermFlag
+                     ) -> tuple[TrainState, dict[str, jax.Array], int]:
             """Steps start..end as one call: the host stacks their batches, padded with zeros
-            to the program's length, and moves them to the devices in one transfer."""
+            to the program's length, and moves them to the devices in one transfer. A SIGTERM
+            while the batches are built ends the call at the batch being built, so that the
+            checkpoint comes as soon as with one step per call. Returns where the call ends."""
+            per_run_batches = [[] for _ in runs]
+            for step in range(start, end):
+                for run, batches in zip(runs, per_run_batches):
+                    batches.append(next(run.data_iter))
+                if sigterm.raised:
+                    end = step + 1
+                    break
             host_runs = []
-            for run in runs:
-                batches = [next(run.data_iter) for _ in range(end - start)]
+            for batches in per_run_batches:
                 padding = jax.tree.map(np.zeros_like, batches[0])
                 host_runs.append(_stack(batches + [padding] * (steps_per_call - len(batches))))
             host = _stack(host_runs) if vectorized else host_runs[0]
-            return programs.steps(state, sharding.put_batch(host, mesh, batch_axis=stacked_axis),
-                                  np.int32(end - start), np.bool_(start % config.eval_every == 0))
+            state_after, means = programs.steps(
+                state, sharding.put_batch(host, mesh, batch_axis=stacked_axis),
+                np.int32(end - start), np.bool_(start % config.eval_every == 0))
+            return state_after, means, end
 
         def stop_if_diverged(step: int, rows: list[dict[str, Any]]) -> None:
             errors = []
@@ -682,7 +693,7 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
             done = start_step
             while done < config.num_steps:
                 end = call_end(done, config, steps_per_call)
-                state, means = dispatch(done, end)
+                state, means, end = dispatch(done, end, sigterm)
                 if done == start_step:  # compiled: the rate counts from here
                     bar.start_rate(done)
                 if pending is not None:
