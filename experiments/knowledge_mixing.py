@@ -86,6 +86,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Slices of each batch whose gradients run as independent chains (the cores of a CPU
     # work on them at once); 0: train.auto_micro_batches decides (1 on accelerators).
     config.micro_batches = 0
+    config.steps_per_call = 0  # optimizer steps per host dispatch; 0: chosen per backend
     # On a CPU, YNNPACK's dot kernels (XLA's default); grokking turns them off for its small
     # products. No effect on accelerators.
     config.xla_cpu_ynnpack = True

@@ -19,11 +19,19 @@ class Progress:
         self.total = total
         self._start_done = done
         self._start_time = time.monotonic()
+        self._rate_done, self._rate_time = done, self._start_time
         self._unit = unit
 
+    def start_rate(self, done: int) -> None:
+        """Measures the rate from here on: the work before (compiling the step program, 10x
+        a small model's whole run on an accelerator) would make the first ETAs far too long."""
+        self._rate_done, self._rate_time = done, time.monotonic()
+
     def line(self, done: int, extra: str = "") -> str:
-        elapsed = time.monotonic() - self._start_time
-        rate = (done - self._start_done) / elapsed if elapsed > 0 else 0.0
+        now = time.monotonic()
+        elapsed = now - self._start_time
+        rate_elapsed = now - self._rate_time
+        rate = (done - self._rate_done) / rate_elapsed if rate_elapsed > 0 else 0.0
         eta = format_seconds((self.total - done) / rate) if rate > 0 else "?"
         percent = 100.0 * done / max(self.total, 1)
         speed = (f"{rate:.1f} {self._unit}s/s" if rate >= 1 or rate == 0

@@ -42,6 +42,14 @@ Diverged = run_io.Diverged  # raised when a metric becomes NaN or infinite (exit
 DIVERGENCE_ORDER = ("batch_loss", "grad_norm", "weight_norm")
 # Micro-batch slices computed side by side in the train step (one loop iteration).
 CONCURRENT_SLICES = 4
+# The per-step numbers summed over an evaluation window on the device (`TrainState.window`);
+# a metric row logs their means over the window.
+WINDOW_METRICS = ("batch_loss", "batch_accuracy", "grad_norm")
+# steps_per_call=0 chooses these per backend (README, Speed): on a CPU measured fastest by
+# benchmarks/train_step.py --steps_per_call_ab; on accelerators, where dispatch and the
+# host's batch transfer set the pace of small models, more steps per call.
+AUTO_STEPS_PER_CALL = {"cpu": 8}
+AUTO_STEPS_PER_CALL_ACCELERATOR = 32
 
 
 @flax.struct.dataclass
@@ -49,6 +57,9 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    # Sums of WINDOW_METRICS (and "steps", their count) since the last evaluation: part of
+    # the checkpoint, so a run resumed inside a window logs the same means as one never cut.
+    window: dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +93,11 @@ def init_state(key: jax.Array, *, tokens_BxL: jax.Array, model: model_lib.Transf
     params = model.init(key, tokens_BxL)["params"]
     params = params_lib.scale_params(params, init_scale)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params))
+                      opt_state=optimizer.init(params), window=empty_window())
+
+
+def empty_window() -> dict[str, jax.Array]:
+    return {k: jnp.zeros((), jnp.float32) for k in (*WINDOW_METRICS, "steps")}
 
 
 def apply_model(model: model_lib.Transformer, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
@@ -137,7 +152,34 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_l
     metrics = {"batch_loss": loss,
                "batch_accuracy": sums["correct_sum"] / jnp.maximum(sums["count"], 1.0),
                "grad_norm": optax.tree.norm(grads)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def train_steps(state: TrainState, batches: dict[str, jax.Array], num_steps: jax.Array,
+                new_window: jax.Array, *, step_fn: Callable, schedule: optax.Schedule
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The first `num_steps` of the stacked `batches` (steps_per_call, rows, ...) as
+    `step_fn` steps in one program, their metrics added to `state.window` (emptied first if
+    `new_window`). Returns the window's means and the learning rate of the last update.
+
+    The trip count is a traced value, so the shorter call before an evaluation or checkpoint
+    runs the same compiled program as the others, and every step is the same loop body
+    whatever the call's length: the numbers equal those of one step per call bit for bit.
+    """
+
+    def body(i, state):
+        batch = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False),
+                             batches)
+        state, metrics = step_fn(state, batch)
+        window = {k: v + (metrics[k] if k in metrics else 1.0) for k, v in state.window.items()}
+        return state.replace(window=window)
+
+    window = jax.tree.map(lambda x: jnp.where(new_window, jnp.zeros_like(x), x), state.window)
+    state = jax.lax.fori_loop(0, num_steps, body, state.replace(window=window))
+    steps = jnp.maximum(state.window["steps"], 1.0)
+    means = {k: state.window[k] / steps for k in WINDOW_METRICS}
+    means["lr"] = jnp.asarray(schedule(state.step - 1), jnp.float32)
+    return state, means
 
 
 def stack_micro_batches(batch: dict[str, jax.Array], micro_batches: int,
@@ -201,8 +243,25 @@ def weight_norms(params: Any) -> dict[str, jax.Array]:
 # Every config field the loop reads: each trainer experiment's get_config declares them all, so
 # --print_config shows what a run depends on.
 LOOP_FIELDS = ("seed", "num_steps", "batch_size", "eval_every", "eval_batch_size",
-               "checkpoint_every", "micro_batches", "xla_cpu_ynnpack", "fsdp",
-               "model.init_scale", "opt")
+               "checkpoint_every", "micro_batches", "steps_per_call", "xla_cpu_ynnpack",
+               "fsdp", "model.init_scale", "opt")
+
+
+def steps_per_call_of(config: ml_collections.ConfigDict, platform: str | None = None) -> int:
+    """`config.steps_per_call`, or with 0 the backend's default, at most the longest call
+    the run can make (calls stop at every evaluation and checkpoint)."""
+    requested = config.steps_per_call or AUTO_STEPS_PER_CALL.get(
+        platform or jax.default_backend(), AUTO_STEPS_PER_CALL_ACCELERATOR)
+    return max(1, min(requested, config.eval_every, config.checkpoint_every, config.num_steps))
+
+
+def call_end(start: int, config: ml_collections.ConfigDict, steps_per_call: int) -> int:
+    """Where a call that starts at step `start` stops: after `steps_per_call` steps, or at the
+    next evaluation, checkpoint or the last step if one comes first."""
+    boundaries = [start + steps_per_call, config.num_steps]
+    for every in (config.eval_every, config.checkpoint_every):
+        boundaries.append((start // every + 1) * every)
+    return min(boundaries)
 
 
 def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -223,6 +282,10 @@ def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) ->
     micro_batches = config.micro_batches  # 0 = auto
     validation.require(isinstance(micro_batches, int) and micro_batches >= 0, "micro_batches",
                        "must be 0 (auto) or a positive number of slices", micro_batches)
+    steps_per_call = config.steps_per_call  # 0 = auto
+    validation.require(isinstance(steps_per_call, int) and not isinstance(steps_per_call, bool)
+                       and steps_per_call >= 0, "steps_per_call",
+                       "must be 0 (auto) or a positive number of steps", steps_per_call)
     ynnpack = config.xla_cpu_ynnpack
     validation.require(isinstance(ynnpack, bool), "xla_cpu_ynnpack", "must be True or False",
                        ynnpack)
@@ -262,10 +325,14 @@ class Programs:
 
     init: Callable[[jax.Array], TrainState]  # PRNG key(s) -> initial state(s)
     step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+    # state, batches stacked (steps_per_call, ...) after the run axis, number of steps to
+    # run, whether the window starts anew -> state, the window's means and lr (train_steps)
+    steps: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
     evaluate: Callable[[Any, dict[str, jax.Array]], losses.Metrics]  # params, stacked set
     norms: Callable[[Any], dict[str, jax.Array]]
     abstract_state: TrainState  # of ONE run: shapes, dtypes, shardings for restoring
     batch_axis: int  # where the example axis of a train batch is (1 when vmapped)
+    steps_per_call: int  # the stacked batches' length in `steps`
 
 
 def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh,
@@ -285,11 +352,14 @@ def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.shar
     step_fn = functools.partial(train_step, model=model, optimizer=optimizer,
                                 loss_fn=task.loss_fn, num_shards=mesh.size,
                                 micro_batches=micro_batches_of(config, task, mesh.size))
+    steps_fn = functools.partial(train_steps, step_fn=step_fn, schedule=optimizer_lib.make_schedule(
+        config.opt, config.num_steps))
     eval_fn = functools.partial(eval_step, model=model, loss_fn=task.loss_fn)
     norms_fn = weight_norms
     batch_axis = 0
     if num_runs is not None:
         init_fn, step_fn, eval_fn, norms_fn = map(jax.vmap, (init_fn, step_fn, eval_fn, norms_fn))
+        steps_fn = jax.vmap(steps_fn, in_axes=(0, 0, None, None))  # one trip count for all
         batch_axis = 1
 
     def with_sharding(abstract):
@@ -307,13 +377,44 @@ def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.shar
         platform, ynnpack))
     step = jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh, batch_axis)),
                out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    steps = jit(steps_fn, in_shardings=(state_sharding, sharding.batch_sharding(
+        mesh, batch_axis + 1), sharding.replicated(mesh), sharding.replicated(mesh)),
+                out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     return Programs(
         init=jit(init_fn, out_shardings=state_sharding),
         step=step,
+        steps=steps,
         evaluate=jit(eval_fn, out_shardings=sharding.replicated(mesh)),
         norms=jit(norms_fn, out_shardings=sharding.replicated(mesh)),
         abstract_state=with_sharding(jax.eval_shape(single, one_key)),
-        batch_axis=batch_axis)
+        batch_axis=batch_axis,
+        steps_per_call=steps_per_call_of(config, platform))
+
+
+def _holds_window(checkpointer: checkpointing.Checkpointer, step: int) -> bool:
+    """Whether the checkpoint at `step` has `TrainState.window` (those saved before it was
+    added have not); when its metadata cannot be read, the restore itself reports why."""
+    absl_logger = logging.get_absl_logger()
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns that it read metadata without handlers
+    try:
+        tree = checkpointer._manager.item_metadata(step)["state"].tree
+    except Exception:  # orbax raises many types; the restore that follows names the problem
+        return True
+    finally:
+        absl_logger.setLevel(level)
+    return not isinstance(tree, dict) or "window" in tree
+
+
+def _without_window(abstract_state: TrainState) -> dict[str, Any]:
+    return {"step": abstract_state.step, "params": abstract_state.params,
+            "opt_state": abstract_state.opt_state}
+
+
+def _with_empty_window(restored: dict[str, Any], abstract_state: TrainState) -> TrainState:
+    window = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding),
+                          abstract_state.window)
+    return TrainState(window=window, **restored)
 
 
 def _stack(trees: list[Any]) -> Any:
@@ -353,7 +454,15 @@ class _Run:
         self.elapsed_before = 0.0
 
     def restore(self, abstract_state: TrainState) -> TrainState:
-        state = self.checkpointer.restore(self.start_step, abstract_state, self.data_iter)
+        if _holds_window(self.checkpointer, self.start_step):
+            state = self.checkpointer.restore(self.start_step, abstract_state, self.data_iter)
+        else:
+            state = _with_empty_window(self.checkpointer.restore(
+                self.start_step, _without_window(abstract_state), self.data_iter),
+                abstract_state)
+            logging.warning("Step %d's checkpoint predates window sums: the batch metrics of "
+                            "the next evaluation average the steps after it only.",
+                            self.start_step)
         rows = [r for r in run_io.read_metrics(self.workdir) if r["step"] <= self.start_step]
         self.elapsed_before = rows[-1]["elapsed_seconds"] if rows else 0.0
         logging.info("Resumed from step %d in %s", self.start_step, self.checkpointer.directory)
@@ -478,30 +587,69 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
             host = jax.device_get(tree)
             return _unstack(host, num_runs) if vectorized else [host]
 
-        def log_rows(step: int, train_metrics: dict[str, Any] | None) -> None:
-            rows = [{"step": step} for _ in runs]
-            for name, stacked in eval_sets.items():
-                for row, sums in zip(rows, per_run(programs.evaluate(state.params, stacked))):
-                    row.update(losses.finalize(sums, f"{name}_"))
-            for row, norms in zip(rows, per_run(programs.norms(state.params))):
-                row.update({k: float(v) for k, v in norms.items()})
-            if train_metrics is not None:
-                for row, metrics in zip(rows, per_run(train_metrics)):
-                    row.update({k: float(v) for k, v in metrics.items()})
-            # The values were read to the host for the metric rows anyway: checking them
-            # costs no extra transfer or synchronisation. Before any file of this step.
-            stop_if_diverged(step, rows)
+        def start_rows(step: int, train_metrics: dict[str, Any] | None) -> Callable[[], None]:
+            """Starts the evaluation of `state` at `step` on the device and returns what reads
+            it, checks it for divergence and writes the metric rows: called once the next call
+            is dispatched, so that the device trains while the host waits for the numbers."""
+            evaluated = {name: programs.evaluate(state.params, stacked)
+                         for name, stacked in eval_sets.items()}
+            norms = programs.norms(state.params)
+            snapshots = None  # read now: the arrays may be parameters the next call donates
             if task.snapshot is not None:  # picked on device: only the chosen arrays move
-                for run, arrays in zip(runs, per_run(task.snapshot(state.params))):
-                    if run.writer is not None:
-                        run_io.write_npz_atomic(
-                            run.workdir / run_io.SNAPSHOT_DIR / f"{step}.npz", arrays)
-            for run, row in zip(runs, rows):
-                row["elapsed_seconds"] = run.elapsed_before + time.monotonic() - t0
-                if run.writer is not None:  # process 0
-                    run.writer.write(row)
-            warm.setdefault("logged", True)
-            logging.info("%s", bar.line(step, (task.progress or eval_accuracies)(rows[0])))
+                snapshots = per_run(task.snapshot(state.params))
+
+            def finish() -> None:
+                rows = [{"step": step} for _ in runs]
+                for name, sums_tree in evaluated.items():
+                    for row, sums in zip(rows, per_run(sums_tree)):
+                        row.update(losses.finalize(sums, f"{name}_"))
+                for row, run_norms in zip(rows, per_run(norms)):
+                    row.update({k: float(v) for k, v in run_norms.items()})
+                if train_metrics is not None:
+                    for row, metrics in zip(rows, per_run(train_metrics)):
+                        row.update({k: float(v) for k, v in metrics.items()})
+                # The values were read to the host for the metric rows anyway: checking them
+                # costs no extra transfer or synchronisation. Before any file of this step.
+                stop_if_diverged(step, rows)
+                if snapshots is not None:
+                    for run, arrays in zip(runs, snapshots):
+                        if run.writer is not None:
+                            run_io.write_npz_atomic(
+                                run.workdir / run_io.SNAPSHOT_DIR / f"{step}.npz", arrays)
+                for run, row in zip(runs, rows):
+                    row["elapsed_seconds"] = run.elapsed_before + time.monotonic() - t0
+                    if run.writer is not None:  # process 0
+                        run.writer.write(row)
+                warm.setdefault("logged", True)
+                logging.info("%s", bar.line(step, (task.progress or eval_accuracies)(rows[0])))
+
+            return finish
+
+        steps_per_call = programs.steps_per_call
+        stacked_axis = programs.batch_axis + 1  # the example axis behind (runs,) steps
+
+        def dispatch(start: int, end: int, sigterm: _SigtermFlag
+                     ) -> tuple[TrainState, dict[str, jax.Array], int]:
+            """Steps start..end as one call: the host stacks their batches, padded with zeros
+            to the program's length, and moves them to the devices in one transfer. A SIGTERM
+            while the batches are built ends the call at the batch being built, so that the
+            checkpoint comes as soon as with one step per call. Returns where the call ends."""
+            per_run_batches = [[] for _ in runs]
+            for step in range(start, end):
+                for run, batches in zip(runs, per_run_batches):
+                    batches.append(next(run.data_iter))
+                if sigterm.raised:
+                    end = step + 1
+                    break
+            host_runs = []
+            for batches in per_run_batches:
+                padding = jax.tree.map(np.zeros_like, batches[0])
+                host_runs.append(_stack(batches + [padding] * (steps_per_call - len(batches))))
+            host = _stack(host_runs) if vectorized else host_runs[0]
+            state_after, means = programs.steps(
+                state, sharding.put_batch(host, mesh, batch_axis=stacked_axis),
+                np.int32(end - start), np.bool_(start % config.eval_every == 0))
+            return state_after, means, end
 
         def stop_if_diverged(step: int, rows: list[dict[str, Any]]) -> None:
             errors = []
@@ -514,8 +662,8 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
 
         def check_before_save(step: int, metrics: dict[str, jax.Array]) -> None:
             """A checkpoint between evaluations: its state is read to the host anyway, so
-            its step's loss and weight norm are checked first (a diverged state is never
-            saved)."""
+            its window's mean loss and gradient norm (non-finite if any step's was) and its
+            weight norm are checked first (a diverged state is never saved)."""
             norms = programs.norms(state.params)
             values = per_run({**{k: metrics[k] for k in DIVERGENCE_ORDER if k in metrics},
                               "weight_norm": norms["weight_norm"]})
@@ -539,35 +687,41 @@ def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
         # (which catches SIGTERM on each), on the first step all of them reach, and save there.
         with _SigtermFlag(enabled=not multi_process) as sigterm:
             if start_step == 0:
-                log_rows(0, None)
-            for step in range(start_step, config.num_steps):
-                host_batches = [next(run.data_iter) for run in runs]
-                host = _stack(host_batches) if vectorized else host_batches[0]
-                state, metrics = programs.step(
-                    state, sharding.put_batch(host, mesh, batch_axis=programs.batch_axis))
-                done = step + 1
-                if done % config.eval_every == 0 or done == config.num_steps:
-                    log_rows(done, metrics)
+                start_rows(0, None)()
+            pending = None  # the rows of the last evaluation, finished after the next dispatch
+            done = start_step
+            while done < config.num_steps:
+                end = call_end(done, config, steps_per_call)
+                state, means, end = dispatch(done, end, sigterm)
+                if done == start_step:  # compiled: the rate counts from here
+                    bar.start_rate(done)
+                if pending is not None:
+                    pending, finish = None, pending
+                    finish()
+                done = end
                 if "logged" in warm and "compiled" not in warm:
                     warm["compiled"] = compilation.snapshot()
                 evaluated = done % config.eval_every == 0 or done == config.num_steps
-                if done % config.checkpoint_every == 0 or done == config.num_steps:
-                    if not evaluated:
-                        check_before_save(done, metrics)
-                    save(done)
+                if evaluated:
+                    pending = start_rows(done, means)
                 preempted = (multihost_utils.reached_preemption_sync_point(done)
                              if multi_process else sigterm.raised)
                 # At the last step too: the run is saved, but a sweep must not start the next.
+                if done % config.checkpoint_every == 0 or done == config.num_steps or preempted:
+                    if pending is not None:  # a diverged state is never saved
+                        pending, finish = None, pending
+                        finish()
+                    if not evaluated:
+                        check_before_save(done, means)
+                    save(done)
                 if preempted:
-                    if done % config.checkpoint_every and done < config.num_steps:
-                        if not evaluated:
-                            check_before_save(done, metrics)
-                        save(done)  # else saved just above
                     for run in runs:
                         run.checkpointer.wait()
                     logging.warning("SIGTERM: saved step %d; re-run the same command to resume.",
                                     done)
                     raise Preempted(done)
+            if pending is not None:
+                pending()
         for run in runs:
             run.checkpointer.wait()
     finally:
@@ -590,7 +744,9 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, task: Task) 
         step = checkpointer.latest_step()
         if step is None:
             raise checkpointing.CheckpointError(f"{workdir} has no checkpoint")
-        return checkpointer.restore_state(step, programs.abstract_state).params
+        if _holds_window(checkpointer, step):
+            return checkpointer.restore_state(step, programs.abstract_state).params
+        return checkpointer.restore_state(step, _without_window(programs.abstract_state))["params"]
     finally:
         checkpointer.close()
 
