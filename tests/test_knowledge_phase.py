@@ -60,8 +60,10 @@ def test_a_mitigation_sweep_without_mitigations_is_refused():
     knowledge_phase.validate(config)  # compact tuples alone are a legal comparison
     config.compact_fractions = ()
     with pytest.raises(validation.ConfigError, match=r"^--config.keep_fractions=\(\): is empty and "
-                       "so is --config.compact_fractions"):
+                       "so are --config.compact_fractions and --config.tuple_fractions"):
         knowledge_phase.validate(config)
+    config.tuple_fractions = (0.1,)  # added tuples alone are a legal comparison too
+    knowledge_phase.validate(config)
 
 
 @pytest.mark.parametrize("table,match", [

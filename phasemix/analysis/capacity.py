@@ -65,7 +65,8 @@ def fit_web_law(params_M: Sequence[float], loss_M: Sequence[float], seed: int = 
     if not np.all(np.isfinite(loss_M)) or np.any(loss_M <= 0):
         raise ValueError(f"web losses must be finite and positive, got {loss_M.tolist()}")
     law = mixing_laws.make_law("step_only", 1)
-    result = law_fit.fit(law, jax.random.key(seed), params_M, np.zeros((len(params_M), 1)),
+    # One "domain" at proportion 1: the step-only law ignores it, the fitter checks it.
+    result = law_fit.fit(law, jax.random.key(seed), params_M, np.ones((len(params_M), 1)),
                          loss_M)
     values = law.constrain(result.params)
     return WebLaw(C=float(values["C"]), A=float(values["B"]), alpha=float(values["beta"]))
