@@ -197,6 +197,10 @@ def main(argv: Sequence[str]) -> None:
     write_csv(runs, out / "cds_by_task.csv")
     write_csv([{**q, "commit": commit} for q in points], out / "cds_points.csv")
     fits = fit_laws(points, fit_moduli, commit)
+    if not fits:  # a law needs >= 2 moduli of an op with a measured critical size
+        print(f"no law fitted yet: {len(points)} task(s) measured, "
+              f"{sum(q['estimate'] is not None for q in points)} with a bracketed critical size")
+        return
     write_csv(fits, out / "cds_fit.csv")
     chosen = {r["op"]: (r["coefficient"], r["exponent"]) for r in fits if r["chosen"]}
     held = sorted({q["p"] for q in points} - set(fit_moduli))

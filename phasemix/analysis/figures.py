@@ -26,12 +26,15 @@ RUN_TABLES = (
     "grokking/sentiment_curves.csv",
     "grokking/classifier_weights.csv",
     "grokking/long_budget.csv",
+    "grokking/cds_by_task.csv",
     "knowledge/runs.csv",
     "knowledge/frequency.csv",
     "knowledge/capacity_pilot.csv",
+    "knowledge/capacity.csv",
     "bimix/proxy_strategies.csv",
 )
 AGGREGATE_TABLES = (
+    "grokking/cds_points.csv",
     "grokking/critical_data_size.csv",
     "grokking/critical_data_size_model.csv",
     "grokking/measurements.csv",
