@@ -30,12 +30,9 @@ from typing import Any, Callable
 
 import ml_collections
 
-from experiments import grokking, sentiment_grokking
 from phasemix.base import plotting, run_io, validation
-from phasemix.data import modular
-from phasemix.training import train
-from phasemix.analysis import representations, transitions
-from phasemix.runs import cli, sweep
+from phasemix.analysis import transitions
+from phasemix.runs import cli, grokking, sentiment_grokking, sweep
 
 MODES = ("sample", "model")
 
@@ -214,7 +211,8 @@ def _figures(config, workdir: pathlib.Path, rows, analysis) -> None:
                                  study.size_label, what)
     if config.mode == "sample":
         if config.study == "modular":
-            _pca_figure(config, workdir, rows)
+            grokking.plot_pca_subsets(config.base, config.seeds[0], config.train_counts,
+                                      workdir, rows)
         seeds = f"{len(config.seeds)} seed{'s' if len(config.seeds) > 1 else ''}"
         plotting.steps_vs_size(analysis["per_size"], analysis, budget,
                                workdir / "steps_vs_size.png",
@@ -229,27 +227,6 @@ def _figures(config, workdir: pathlib.Path, rows, analysis) -> None:
         plotting.heatmap(means, workdir / "accuracy_heatmap.png",
                          f"Final test accuracy (mean of {len(config.seeds)} seeds)",
                          study.size_label, "model width (d_model)", "test accuracy")
-
-
-def _pca_figure(config, workdir: pathlib.Path, rows) -> None:
-    """Fig. 1D: every pair projected on the first principal axis of the hidden states of the
-    largest run (seed 0), with the nested training subsets of the sweep drawn over it."""
-    largest = max((r for r in rows if r["seed"] == config.seeds[0]),
-                  key=lambda r: r["task.train_count"])
-    run_config = sweep.apply_overrides(config.base, {"task.train_count": largest["task.train_count"],
-                                                     "seed": config.seeds[0]})
-    task = grokking.make_task(run_config)
-    params = train.restore_params(run_config, str(workdir / sweep.RUNS_DIR / largest["run"]), task)
-    a, b, c = modular.all_pairs(run_config.task.op, run_config.task.p)
-    everything = modular.to_examples(a, b, c, run_config.task.p)["inputs"]
-    projection, explained = representations.first_principal_component(
-        representations.final_hidden_states(task.model_config, params, everything))
-    order = modular.pair_order(run_config.task.op, run_config.task.p, config.seeds[0])
-    subsets = {n: projection[order[:n]] for n in config.train_counts}
-    plotting.projection_by_subset(
-        projection, subsets, workdir / "pca_subsets.png",
-        f"First principal axis of the hidden state at '=' ({explained:.0%} of variance), "
-        f"model trained on {largest['task.train_count']} pairs", "PC 1")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,

@@ -29,11 +29,10 @@ from typing import Any
 
 import ml_collections
 
-from experiments import knowledge_mixing
 from phasemix.base import plotting, run_io, validation
 from phasemix.data import synbio
 from phasemix.analysis import capacity
-from phasemix.runs import cli, sweep
+from phasemix.runs import cli, knowledge_mixing, sweep
 
 POOL_FIELDS = ("num_first_names", "num_middle_names", "num_last_names", "num_cities",
                "num_universities", "num_majors", "num_employers")

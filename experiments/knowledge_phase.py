@@ -40,10 +40,9 @@ from typing import Any
 
 import ml_collections
 
-from experiments import knowledge_mixing
 from phasemix.base import run_io, validation
 from phasemix.analysis import knowledge_sweeps
-from phasemix.runs import cli, sweep
+from phasemix.runs import cli, knowledge_mixing, sweep
 
 MODES = ("ratio", "size", "longer", "web", "mitigation", "frequency")
 PARAM_COUNTS = ("non_embedding_params", "params")
