@@ -27,6 +27,7 @@ RUN_TABLES = (
     "grokking/classifier_weights.csv",
     "grokking/long_budget.csv",
     "grokking/cds_by_task.csv",
+    "grokking/cds_model_fine.csv",
     "knowledge/runs.csv",
     "knowledge/frequency.csv",
     "knowledge/capacity_pilot.csv",
@@ -35,6 +36,7 @@ RUN_TABLES = (
 )
 AGGREGATE_TABLES = (
     "grokking/cds_points.csv",
+    "grokking/cds_model_fine_widths.csv",
     "grokking/critical_data_size.csv",
     "grokking/critical_data_size_model.csv",
     "grokking/measurements.csv",
