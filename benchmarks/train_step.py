@@ -33,7 +33,7 @@ from benchmarks.common import matmul_flops, positive_ints, time_matmul
 from experiments import grokking, knowledge_mixing
 from phasemix.analysis import transitions
 from phasemix.base import run_io
-from phasemix.training import losses, sharding, train
+from phasemix.training import losses, presets, sharding, train
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "512"], "Batch sizes to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Alternating timing rounds (median is reported).")
@@ -82,7 +82,7 @@ def small_lm_task() -> tuple:
     batches = [{"inputs": rng.integers(0, config.vocab_size, shape).astype(np.int32),
                 "targets": rng.integers(0, config.vocab_size, shape).astype(np.int32),
                 "loss_mask": np.ones(shape, np.float32)} for _ in range(8)]
-    task = train.Task(model_config=knowledge_mixing.model_config(config, config.vocab_size),
+    task = train.Task(model_config=presets.causal_lm_config(config, config.vocab_size),
                       loss_fn=losses.masked_token_loss,
                       train_batches=grain.MapDataset.source(batches), eval_sets={},
                       summarize=lambda rows: {})

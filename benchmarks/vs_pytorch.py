@@ -32,7 +32,7 @@ from benchmarks.common import matmul_flops, positive_ints, time_matmul
 from experiments import critical_data_size, grokking, knowledge_mixing
 from phasemix.data import modular
 from phasemix.training import (compilation, losses, model as model_lib, optimizer as optimizer_lib,
-                               params as params_lib, train)
+                               params as params_lib, presets, train)
 
 _MODELS = flags.DEFINE_list("models", ["grokking", "small_lm", "sentiment"], "Models to time "
                             "(also sweep_base, knowledge_base).")
@@ -81,7 +81,7 @@ def sweep_base_bench() -> Bench:
 def knowledge_base_bench() -> Bench:
     """The model of the default `knowledge_mixing` run (every token's loss)."""
     config = knowledge_mixing.get_config()
-    return Bench(knowledge_mixing.model_config(config, config.vocab_size), "lm", config.seq_len)
+    return Bench(presets.causal_lm_config(config, config.vocab_size), "lm", config.seq_len)
 
 
 def benches() -> dict[str, Bench]:

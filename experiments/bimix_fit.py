@@ -1,4 +1,4 @@
-"""BiMix and its peers fitted to the published 5-mix loss curves (Ye et al. 2024 data; issue 8).
+"""BiMix and its peers fitted to the published 5-mix loss curves (Ye et al. 2024 data).
 
 Run (every law x eval group x model size, one held-out draw, r_i = 0 rows dropped: 80 fits;
 21.6-28.6 s on a 2-core CPU in four of five measurements, 36.0 s in one; 15-20 s once

@@ -81,7 +81,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    with sweep.flags_under("base."):  # before the grid divides by the base's batch size
+    with run_io.flags_under("base."):  # before the grid divides by the base's batch size
         knowledge_mixing.validate(config.base)
     validation.require(len(config.presets) > 0, "presets", "needs at least one preset",
                        config.presets)

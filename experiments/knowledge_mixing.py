@@ -26,7 +26,6 @@ from phasemix.runs.knowledge_mixing import (  # noqa: F401 (the run's API)
     get_config,
     make_task,
     MIN_BIO_TOKENS,
-    model_config,
     PEOPLE_FILE,
     progress_fields,
     run,
@@ -36,7 +35,7 @@ from phasemix.runs.knowledge_mixing import (  # noqa: F401 (the run's API)
 )
 
 __all__ = ["_per_person", "ATTRIBUTE_SETS", "CACHE_DIR", "get_config", "make_task",
-           "MIN_BIO_TOKENS", "model_config", "PEOPLE_FILE", "progress_fields", "run", "summarize",
+           "MIN_BIO_TOKENS", "PEOPLE_FILE", "progress_fields", "run", "summarize",
            "validate", "VARIANTS"]
 
 

@@ -105,7 +105,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    with sweep.flags_under("base."):
+    with run_io.flags_under("base."):
         knowledge_mixing.validate(config.base)
     validation.require_choice(config.mode, MODES, "mode")
     validation.require_choice(config.param_count, PARAM_COUNTS, "param_count")

@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from phasemix.base import results_table
+from phasemix.data import modular
 from phasemix.analysis import capacity, transitions
 
 MARGIN = 1.5  # auto fraction = MARGIN x the predicted critical count (the grid brackets +-25%)
@@ -36,10 +38,6 @@ MAX_FRACTION = 0.9  # an auto fraction above this leaves too little test data to
 # op -> (coefficient a, exponent b) of count = a * p^b; fitted on the moduli named in
 # docs/results/grokking/cds_fit.csv (`fit_moduli`). Empty until a fit is committed.
 FIT: dict[str, tuple[float, float]] = {}
-
-
-def num_pairs(op: str, p: int) -> int:
-    return p * (p - 1) if op == "div" else p * p
 
 
 def predicted_count(op: str, p: int) -> float | None:
@@ -54,7 +52,7 @@ def predicted_count(op: str, p: int) -> float | None:
 def auto_fraction(op: str, p: int) -> float | None:
     """MARGIN x the predicted critical count, as a fraction of all pairs (None: not covered)."""
     count = predicted_count(op, p)
-    return None if count is None else MARGIN * count / num_pairs(op, p)
+    return None if count is None else MARGIN * count / modular.num_pairs(op, p)
 
 
 def read_runs(sweeps_root: str | pathlib.Path, commit: str = "") -> list[dict[str, Any]]:
@@ -69,7 +67,7 @@ def read_runs(sweeps_root: str | pathlib.Path, commit: str = "") -> list[dict[st
                 op, p, count = r["task.op"], int(r["task.p"]), int(r["task.train_count"])
                 step = r["step_generalized"]
                 rows.append({"op": op, "p": p, "train_count": count,
-                             "train_fraction": count / num_pairs(op, p), "seed": int(r["seed"]),
+                             "train_fraction": count / modular.num_pairs(op, p), "seed": int(r["seed"]),
                              "num_steps": int(r["num_steps"]),
                              "step_memorized": int(r["step_memorized"]) if r["step_memorized"]
                              else None,
@@ -91,7 +89,7 @@ def critical_points(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         below = max((s for s in sizes if critical is not None and s < critical), default=None)
         estimate = (math.sqrt(critical * below) if critical is not None and below is not None
                     else None)
-        points.append({"op": op, "p": p, "pairs": num_pairs(op, p), "grid": len(sizes),
+        points.append({"op": op, "p": p, "pairs": modular.num_pairs(op, p), "grid": len(sizes),
                        "seeds": len({r["seed"] for r in runs if r["op"] == op and r["p"] == p}),
                        "critical_count": critical, "grid_below": below,
                        "estimate": estimate,
@@ -166,16 +164,6 @@ def check_predictions(points: Sequence[dict[str, Any]], fit: dict[str, tuple[flo
     return rows
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, keys)
-        writer.writeheader()
-        writer.writerows([{k: ("" if r.get(k) is None else r.get(k)) for k in keys}
-                          for r in rows])
-
-
 def main(argv: Sequence[str]) -> None:
     import argparse
     import subprocess
@@ -194,19 +182,20 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(f"error: {args.sweeps}: no critical_data_size sweep folders with results.csv")
     points = critical_points(runs)
     out = pathlib.Path(args.out)
-    write_csv(runs, out / "cds_by_task.csv")
-    write_csv([{**q, "commit": commit} for q in points], out / "cds_points.csv")
+    out.mkdir(parents=True, exist_ok=True)
+    results_table.write_table(runs, out / "cds_by_task.csv")
+    results_table.write_table([{**q, "commit": commit} for q in points], out / "cds_points.csv")
     fits = fit_laws(points, fit_moduli, commit)
     if not fits:  # a law needs >= 2 moduli of an op with a measured critical size
         print(f"no law fitted yet: {len(points)} task(s) measured, "
               f"{sum(q['estimate'] is not None for q in points)} with a bracketed critical size")
         return
-    write_csv(fits, out / "cds_fit.csv")
+    results_table.write_table(fits, out / "cds_fit.csv")
     chosen = {r["op"]: (r["coefficient"], r["exponent"]) for r in fits if r["chosen"]}
     held = sorted({q["p"] for q in points} - set(fit_moduli))
     checks = check_predictions(points, chosen, held)
     if checks:
-        write_csv([{**c, "commit": commit} for c in checks], out / "cds_predictions.csv")
+        results_table.write_table([{**c, "commit": commit} for c in checks], out / "cds_predictions.csv")
     for r in fits:
         print(f"{r['op']:>9} {r['law']:>7}: count = {r['coefficient']:.3g} p^{r['exponent']:.3f}"
               + (f" [{r['exponent_low']:.3f}, {r['exponent_high']:.3f}]"

@@ -2,8 +2,8 @@
 
 `<sweep_dir>/results.csv` (RESULTS_FILE) has one row per run; each run keeps its outputs in
 `<sweep_dir>/runs/<run_name(overrides)>/` (RUNS_DIR). `read_table` reads such a table with its
-numbers parsed back. `phasemix.runs.sweep` writes this layout and re-exports these names, so
-that analyses of finished sweeps need not import the sweep runner.
+numbers parsed back; `write_table` writes one. `phasemix.runs.sweep` writes this layout and
+re-exports these names, so that analyses of finished sweeps need not import the sweep runner.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import csv
 import io
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from phasemix.base import run_io
 
@@ -48,3 +48,16 @@ def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(lines)]
     with open(path, newline="") as f:
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_table(rows: Iterable[Mapping[str, Any]], path: run_io.RunPath) -> None:
+    """CSV with the union of all rows' columns (pandas.read_csv reads it); written atomically."""
+    rows = list(rows)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    run_io.write_text_atomic(path, buffer.getvalue())

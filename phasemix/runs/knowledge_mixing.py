@@ -129,12 +129,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     synbio.validate(config.synbio)
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_lib.TransformerConfig:
-    return model_lib.TransformerConfig.from_config(
-        config.model, **presets.model_fields(config.model.preset), vocab_size=vocab_size,
-        max_len=config.seq_len, causal=True)
-
-
 def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[train.Task, dict]:
     """The mixture's batches, the evaluation sets, and facts for the summary."""
     validate(config)
@@ -184,7 +178,7 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[
 
     exposures = bios.exposures(bio_rows * (config.seq_len + 1), len(bio))
     trained = exposures if people is None else exposures[people]
-    counts = presets.param_counts(model_config(config, tok.vocab_size))
+    counts = presets.param_counts(presets.causal_lm_config(config, tok.vocab_size))
     facts = {
         "num_people": len(bio), "people_trained": len(bio) if people is None else len(people),
         "web_source": web_train.name, "vocab_size": tok.vocab_size,
@@ -201,7 +195,7 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> tuple[
         **{f"pool_{a}": n for a, n in bio.value_counts().items()},
     }
     task = train.Task(
-        model_config=model_config(config, tok.vocab_size),
+        model_config=presets.causal_lm_config(config, tok.vocab_size),
         loss_fn=functools.partial(losses.masked_token_loss, exact_match=True),
         train_batches=grain.MapDataset.source(batches),
         eval_sets=eval_sets,

@@ -18,9 +18,7 @@ with every run finished so far, by any of them, so that it ends as the unsharded
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -39,7 +37,9 @@ from absl import logging
 
 from phasemix.base import distributed, progress, run_io, validation
 # The on-disk layout, shared with the analyses that read finished sweeps (re-exported).
-from phasemix.base.results_table import RESULTS_FILE, RUNS_DIR, read_table, run_name
+# The on-disk layout, re-exported: sweeps and their analyses call sweep.read_table etc.
+from phasemix.base.results_table import (  # noqa: F401
+    RESULTS_FILE, RUNS_DIR, read_table, run_name, write_table)
 
 RunFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
 # Trains runs that differ only in seed as one vmapped program: (configs, workdirs) -> summaries.
@@ -116,8 +116,6 @@ def apply_overrides(base: ml_collections.ConfigDict,
     return config
 
 
-# Kept under its old name: sweeps and experiments call sweep.flags_under.
-flags_under = run_io.flags_under
 
 
 def _finished(workdir: run_io.RunPath,
@@ -153,19 +151,6 @@ def _check_writable(sweep_dir: run_io.RunPath) -> None:
             pass
     except OSError as e:
         raise validation.ConfigError(f"--workdir={sweep_dir} is not writable: {e}") from e
-
-
-def write_table(rows: Iterable[Mapping[str, Any]], path: run_io.RunPath) -> None:
-    """CSV with the union of all rows' columns (pandas.read_csv reads it); written atomically."""
-    rows = list(rows)
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    run_io.write_text_atomic(path, buffer.getvalue())
 
 
 def _run_one(run_fn: RunFn, config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, Any], float]:

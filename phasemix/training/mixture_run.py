@@ -19,7 +19,7 @@ import numpy as np
 
 from phasemix.base import plotting, run_io, validation
 from phasemix.data import domains, mixture, tokenizer
-from phasemix.training import losses, model as model_lib, optimizer, presets, train
+from phasemix.training import losses, optimizer, presets, train
 
 # Where the runs keep the tokenizer and the token streams (built once, then read).
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "phasemix", "bimix")
@@ -123,13 +123,6 @@ def build_tokenizer(config: ml_collections.ConfigDict,
 
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_lib.TransformerConfig:
-    """The causal LM of `config.model`: the preset's sizes, the vocabulary, `seq_len`."""
-    return model_lib.TransformerConfig.from_config(
-        config.model, **presets.model_fields(config.model.preset), vocab_size=vocab_size,
-        max_len=config.seq_len, causal=True)
-
-
 def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.Task:
     """The mixture's batches and one validation set per domain (the same windows every run)."""
     validate_run(config)
@@ -144,7 +137,7 @@ def make_task(config: ml_collections.ConfigDict, num_devices: int = 1) -> train.
                                      batch_size, config.seq_len, config.num_steps)
     eval_sets = {f"valid_{n}": domains.valid_windows(streams[n].valid, config.seq_len,
                                                      config.eval_windows) for n in names}
-    cfg = model_config(config, tok.vocab_size)
+    cfg = presets.causal_lm_config(config, tok.vocab_size)
     facts = {"vocab_size": tok.vocab_size,
              "train_tokens": config.num_steps * batch_size * config.seq_len,
              **{f"epochs_{n}": float(e) for n, e in zip(names, batches.epochs())},

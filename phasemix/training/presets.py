@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 
 from phasemix.base import validation
@@ -31,6 +32,15 @@ def model_fields(preset: str) -> dict[str, int]:
     validation.require_choice(preset, PRESETS, "model.preset")
     num_layers, d_model, num_heads, d_mlp = PRESETS[preset]
     return dict(num_layers=num_layers, d_model=d_model, num_heads=num_heads, d_mlp=d_mlp)
+
+
+def causal_lm_config(config: ml_collections.ConfigDict,
+                     vocab_size: int) -> model_lib.TransformerConfig:
+    """The causal LM of a run config: `config.model` with its preset's sizes, the vocabulary
+    and `config.seq_len` (the knowledge and BiMix runs)."""
+    return model_lib.TransformerConfig.from_config(
+        config.model, **model_fields(config.model.preset), vocab_size=vocab_size,
+        max_len=config.seq_len, causal=True)
 
 
 def param_counts(cfg: model_lib.TransformerConfig) -> dict[str, int]:
