@@ -32,6 +32,7 @@ RUN_TABLES = (
     "knowledge/frequency.csv",
     "knowledge/capacity_pilot.csv",
     "knowledge/capacity.csv",
+    "knowledge/capacity_pilot_600.csv",
     "bimix/proxy_strategies.csv",
 )
 AGGREGATE_TABLES = (
@@ -48,6 +49,7 @@ AGGREGATE_TABLES = (
     "bimix/proxy_fits.csv",
     "bimix/measurements.csv",
     "performance/ratios.csv",
+    "performance/install.csv",
     "performance/step_profile.csv",
     "performance/matmul_bound.csv",
 )
