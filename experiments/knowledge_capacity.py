@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import math
 import pathlib
-import statistics
 import time
 from typing import Any
 
 import ml_collections
 
 from phasemix.base import plotting, run_io, validation
-from phasemix.data import synbio
 from phasemix.analysis import capacity
 from phasemix.runs import cli, knowledge_mixing, sweep
 
@@ -125,50 +123,6 @@ def grid_flags() -> dict[str, str]:
             "eval_every": "evals_per_run", "checkpoint_every": "evals_per_run", "seed": "seeds"}
 
 
-def capacity_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One tidy row per run: size, N, exposures, accuracy per attribute, learned bits."""
-    out = []
-    for row in rows:
-        accuracy = {a: row[f"final_accuracy_{a}"] for a in synbio.ATTRIBUTES}
-        pools = {a: row[f"pool_{a}"] for a in synbio.ATTRIBUTES}
-        n = row["people_trained"]
-        bits = capacity.learned_bits(n, accuracy, pools)
-        out.append({"preset": row["model.preset"], "params": row["params"],
-                    "non_embedding_params": row["non_embedding_params"], "num_people": n,
-                    "seed": row["seed"], "exposures": row["exposures_mean"],
-                    "num_steps": row["num_steps"],
-                    **{f"accuracy_{a}": accuracy[a] for a in synbio.ATTRIBUTES},
-                    "bio_accuracy": row["final_bio_accuracy"],
-                    "bits_per_person": sum(math.log2(k) for k in pools.values()),
-                    "learned_bits": bits, "bits_per_param": bits / row["params"],
-                    "bits_per_non_embedding_param": bits / row["non_embedding_params"]})
-    return out
-
-
-def per_size(table: list[dict[str, Any]], saturation: float) -> list[dict[str, Any]]:
-    """Per preset: seed-mean learned bits against N, the largest (the capacity) and whether
-    the last doubling of N stopped adding bits."""
-    out = []
-    for preset in dict.fromkeys(r["preset"] for r in table):
-        rows = [r for r in table if r["preset"] == preset]
-        people = sorted({r["num_people"] for r in rows})
-        mean_bits = [statistics.mean(r["learned_bits"] for r in rows if r["num_people"] == n)
-                     for n in people]
-        best = max(range(len(people)), key=lambda i: mean_bits[i])
-        best_rows = [r for r in rows if r["num_people"] == people[best]]
-        plateau = len(people) >= 2 and mean_bits[-1] < saturation * mean_bits[-2]
-        out.append({"preset": preset, "params": rows[0]["params"],
-                    "non_embedding_params": rows[0]["non_embedding_params"],
-                    "capacity_people": people[best], "capacity_bits": mean_bits[best],
-                    "capacity_bits_min": min(r["learned_bits"] for r in best_rows),
-                    "capacity_bits_max": max(r["learned_bits"] for r in best_rows),
-                    "bits_per_param": mean_bits[best] / rows[0]["params"],
-                    "bits_per_non_embedding_param":
-                        mean_bits[best] / rows[0]["non_embedding_params"],
-                    "plateau_reached": plateau, "seeds": len(best_rows)})
-    return out
-
-
 def run(config: ml_collections.ConfigDict, workdir: str,
         shard: sweep.Shard | None = None) -> dict[str, Any]:
     validate(config)
@@ -189,9 +143,9 @@ def _sweep(config: ml_collections.ConfigDict, grid: list[dict[str, Any]], path: 
     run_io.write_json_atomic(path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     if len(rows) < len(grid):  # other shards still running: they write the analysis
         return {"runs": len(grid), "runs_finished": len(rows), "shard": str(shard)}
-    table = capacity_rows(rows)
+    table = capacity.capacity_rows(rows)
     sweep.write_table(table, path / "capacity.csv")
-    sizes = per_size(table, config.saturation)
+    sizes = capacity.capacity_per_size(table, config.saturation)
     sweep.write_table(sizes, path / "analysis.csv")
     series = {}
     for preset in config.presets:

@@ -20,11 +20,17 @@ Size x ratio (the size transition, critical ratio per size, its power law; with
 The README's size sweep samples each size around its own threshold (9 runs):
   ... :size --config.presets='("tiny-48","tiny-64","tiny-96")' \
       --config.ratios_per_preset='((0.2,0.3,0.45,0.7),(0.15,0.2,0.3),(0.15,0.2))'
+Prediction first, no training: the measured capacity (a knowledge_capacity table) and the
+web law give each size's critical ratio and the exponent, written before the size sweep that
+tests them (which then sets measured beside predicted with --config.predicted_csv=...):
+  python -m experiments.knowledge_phase --config=experiments/knowledge_phase.py:predict \
+      --config.web_sweep=runs/kp_web --config.capacity_table=docs/results/knowledge/capacity.csv \
+      --config.predicted_csv=docs/results/knowledge/predicted.csv --workdir=runs/kp_predict
 Below the threshold, more steps (1x, 2x, 4x):     :longer
 Mitigations at a sub-critical ratio (subsample, compact tuples):     :mitigation
 Threshold frequency (power-law popularity, accuracy against exposures per size):     :frequency
 Smoke variants for tests: :smoke (ratio), :web_smoke, :size_smoke, :longer_smoke,
-:mitigation_smoke, :frequency_smoke.
+:mitigation_smoke, :frequency_smoke, :predict_smoke.
 
 Any knowledge_mixing field is a flag under `base` (--config.base.synbio.num_people=2000); the
 grids are --config.ratios='(0.1,0.2)' --config.presets='("tiny-32","tiny-64")'
@@ -40,11 +46,11 @@ from typing import Any
 
 import ml_collections
 
-from phasemix.base import run_io, validation
-from phasemix.analysis import knowledge_sweeps
+from phasemix.base import results_table, run_io, validation
+from phasemix.analysis import knowledge_prediction, knowledge_sweeps
 from phasemix.runs import cli, knowledge_mixing, sweep
 
-MODES = ("ratio", "size", "longer", "web", "mitigation", "frequency")
+MODES = ("ratio", "size", "longer", "web", "mitigation", "frequency", "predict")
 PARAM_COUNTS = ("non_embedding_params", "params")
 
 
@@ -91,6 +97,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.web_sweep = ml_collections.config_dict.placeholder(str)
     config.bits_per_param = 2.0
     config.param_count = "non_embedding_params"
+    # Predict mode: a knowledge_capacity table (capacity.csv) whose sizes reached their
+    # capacity, and the growth of learned bits per doubling of N below which they count so.
+    config.capacity_table = ml_collections.config_dict.placeholder(str)
+    config.saturation = 1.1
+    # The prediction file: predict mode writes it (default <workdir>/predicted.csv); size mode
+    # reads it and sets each size's measured critical ratio beside its prediction.
+    config.predicted_csv = ml_collections.config_dict.placeholder(str)
     config.workers = 2  # parallel runs, each pinned to its share of the CPUs (1: in this process)
     if smoke:
         config.ratios = (0.2, 1.0)
@@ -145,6 +158,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         validation.require(len(set(config.presets)) >= (3 if config.mode == "web" else 1),
                            "presets", "the web law has 3 parameters: it needs >= 3 sizes",
                            config.presets)
+    validation.require(config.saturation > 1, "saturation", "must be > 1", config.saturation)
+    if config.mode == "predict":
+        validation.require(config.web_sweep is not None, "web_sweep", "is required: the "
+                           "prediction needs a web-only law fit (run the :web sweep first)",
+                           config.web_sweep)
+        validation.require(config.capacity_table is not None and pathlib.Path(
+            config.capacity_table).is_file(), "capacity_table", "must be a knowledge_capacity "
+            "capacity.csv (e.g. docs/results/knowledge/capacity.csv)", config.capacity_table)
+    elif config.predicted_csv is not None:
+        validation.require(config.mode == "size" and pathlib.Path(config.predicted_csv).is_file(),
+                           "predicted_csv", "must be a predict mode's table, read by the size "
+                           "mode", config.predicted_csv)
     if config.web_sweep is not None:
         validation.require((pathlib.Path(config.web_sweep) / sweep.RESULTS_FILE).is_file(),
                            "web_sweep", "has no results.csv: run the :web sweep there first",
@@ -161,6 +186,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     """The grid of the mode: one override dict per run."""
     seeds = {"seed": config.seeds}
+    if config.mode == "predict":  # no runs: the prediction reads finished tables
+        return []
     if config.mode == "ratio":
         return sweep.grid({"ratio": config.ratios, **seeds})
     if config.mode == "size":
@@ -206,7 +233,43 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     workdir_path = run_io.require_workdir(workdir)
     # A sweep that fails part-way leaves the tables and figures of its last success.
     with run_io.unchanged_on_failure(workdir_path):
+        if config.mode == "predict":
+            return _predict(config, workdir_path)
         return _sweep(config, grid, workdir_path, shard)
+
+
+def _predict(config: ml_collections.ConfigDict, workdir_path: pathlib.Path) -> dict[str, Any]:
+    """No training: each size's critical ratio from the measured capacity and the web law."""
+    law, facts = knowledge_sweeps.load_knapsack(config)
+    sizes = {p["model.preset"]: p[config.param_count] for p in facts["web_points"]}
+    missing = [p for p in config.presets if p not in sizes]
+    validation.require(not missing, "presets", f"{missing} have no run in the :web sweep at "
+                       f"{config.web_sweep}", config.presets)
+    try:
+        bits = knowledge_prediction.measured_bits_per_param(
+            sweep.read_table(config.capacity_table), config.param_count, config.saturation)
+    except (KeyError, knowledge_prediction.PredictionError) as e:
+        validation.fail("capacity_table", f"gives no capacity to predict from: {e}",
+                        config.capacity_table)
+    knapsack = knowledge_sweeps.knapsack_for(config, law, facts["tokens_per_bio"],
+                                             config.base.synbio.num_people)
+    rows = knowledge_prediction.predict(knapsack, {p: sizes[p] for p in config.presets}, bits,
+                                        config.level)
+    commit = results_table.current_commit()
+    out = config.predicted_csv or workdir_path / "predicted.csv"
+    sweep.write_table([{**r, "param_count": config.param_count, "commit": commit}
+                       for r in rows], out)
+    run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
+    summary = run_io.nan_to_none({"mode": "predict", "predicted_csv": str(out), "per_size": rows})
+    run_io.write_json_atomic(workdir_path / run_io.SUMMARY_FILE, summary)
+    for r in rows:
+        ratio = r["predicted_critical_ratio"]
+        print(f"{r['preset']:>10} ({r['params']:,.0f} params, {r['bits_per_param']:.2f} bits "
+              f"each, {r['capacity_source']}): predicted critical ratio "
+              + ("none: half the people do not fit" if ratio is None else f"{ratio:.3g}"),
+              flush=True)
+    print(f"predicted exponent {rows[0]['predicted_exponent']}; written to {out}", flush=True)
+    return summary
 
 
 def _sweep(config: ml_collections.ConfigDict, grid: list[dict[str, Any]],

@@ -8,7 +8,7 @@ import pytest
 from experiments import knowledge_mixing, knowledge_phase
 from phasemix.base import run_io, validation
 from phasemix.data import synbio
-from phasemix.analysis import capacity, knowledge_sweeps
+from phasemix.analysis import capacity, knowledge_prediction, knowledge_sweeps
 from phasemix.runs import sweep
 
 
@@ -213,3 +213,73 @@ def test_web_then_size_smoke_sweeps_predict_and_measure(tmp_path):
     summary = knowledge_phase.run(size, str(tmp_path / "size"))
     assert set(summary["theory_critical_ratio"]) == set(size.presets)
     assert (tmp_path / "size" / "accuracy_vs_size.png").exists()
+
+
+def _capacity_table(bits_by_preset_and_n):
+    """Tidy capacity rows (as knowledge_capacity writes capacity.csv), one seed per point."""
+    return [{"preset": preset, "params": 8 * ne, "non_embedding_params": ne, "num_people": n,
+             "seed": 0, "learned_bits": bits}
+            for (preset, ne), by_n in bits_by_preset_and_n.items() for n, bits in by_n.items()]
+
+
+def _web_table(path, law):
+    path.mkdir()
+    sweep.write_table([{"model.preset": p, "seed": 0, "ratio": 0.0, "bio_accuracy": 0.0,
+                        "non_embedding_params": n, "web_val_loss": float(law.loss(n)),
+                        "tokens_per_bio": 100.0, "params": 8 * n}
+                       for p, n in (("tiny-32", 2e4), ("tiny-48", 6e4), ("tiny-64", 2e5))],
+                      path / sweep.RESULTS_FILE)
+
+
+def test_only_sizes_whose_learned_bits_stopped_growing_give_a_capacity():
+    table = _capacity_table({("tiny-16", 1000): {1000: 900.0, 2000: 1500.0, 4000: 1540.0},
+                             ("tiny-32", 4000): {2000: 3000.0, 4000: 6000.0}})
+    bits = knowledge_prediction.measured_bits_per_param(table, "non_embedding_params", 1.1)
+    assert bits == {"tiny-16": pytest.approx(1540.0 / 1000)}  # tiny-32 still doubles
+    with pytest.raises(knowledge_prediction.PredictionError, match="no size has reached"):
+        knowledge_prediction.measured_bits_per_param(table[-2:], "non_embedding_params", 1.1)
+
+
+def test_predictions_use_each_measured_capacity_and_the_hit_criterion_is_1_5x():
+    law = capacity.WebLaw(C=3.0, A=40.0, alpha=0.3)
+    knapsack = capacity.Knapsack(web=law, num_people=500, tokens_per_bio=100.0,
+                                 bits_per_person=30.0)
+    sizes = {"a": 2e4, "b": 6e4, "c": 2e5}
+    rows = knowledge_prediction.predict(knapsack, sizes, {"a": 1.0, "b": 3.0}, level=0.5)
+    by = {r["preset"]: r for r in rows}
+    for preset, bits in (("a", 1.0), ("b", 3.0), ("c", 2.0)):  # c: the mean of a and b
+        expected = capacity.Knapsack(web=law, num_people=500, tokens_per_bio=100.0,
+                                     bits_per_person=30.0, bits_per_param=bits)
+        assert by[preset]["predicted_critical_ratio"] == pytest.approx(
+            expected.critical_ratio(sizes[preset], 0.5))
+    assert by["c"]["capacity_source"] == knowledge_prediction.MEAN_OF_MEASURED
+    assert by["a"]["predicted_exponent"] < 0  # bigger models need a smaller share of facts
+    measured = [{"preset": "a", "critical": by["a"]["predicted_critical_ratio"] * 1.4,
+                 "critical_low": 0.1, "critical_high": 0.3},
+                {"preset": "b", "critical": by["b"]["predicted_critical_ratio"] / 1.6,
+                 "critical_low": 0.01, "critical_high": 0.03}]
+    hits = {r["preset"]: r["hit"] for r in knowledge_prediction.compare(rows, measured)}
+    assert hits == {"a": True, "b": False, "c": False}
+
+
+def test_predict_mode_writes_the_prediction_without_training(tmp_path):
+    law = capacity.WebLaw(C=3.0, A=40.0, alpha=0.3)
+    _web_table(tmp_path / "web", law)
+    table = _capacity_table({("tiny-32", 2e4): {2000: 2e4, 4000: 2.1e4},
+                             ("tiny-48", 6e4): {4000: 9e4, 8000: 9.5e4}})
+    sweep.write_table(table, tmp_path / "capacity.csv")
+    config = knowledge_phase.get_config("predict")
+    config.web_sweep, config.capacity_table = str(tmp_path / "web"), str(tmp_path / "capacity.csv")
+    config.predicted_csv = str(tmp_path / "predicted.csv")
+    summary = knowledge_phase.run(config, str(tmp_path / "run"))
+    rows = sweep.read_table(tmp_path / "predicted.csv")
+    assert [r["preset"] for r in rows] == list(config.presets)
+    assert [r["capacity_source"] for r in rows] == ["measured", "measured",
+                                                    knowledge_prediction.MEAN_OF_MEASURED]
+    assert rows[0]["bits_per_param"] == pytest.approx(2.1e4 / 2e4)
+    assert all(r["commit"] and r["predicted_critical_ratio"] > 0 for r in rows)
+    assert summary["predicted_csv"] == config.predicted_csv
+    assert not (tmp_path / "run" / sweep.RUNS_DIR).exists()  # nothing was trained
+    config.capacity_table = str(tmp_path / "web" / sweep.RESULTS_FILE)  # not a capacity table
+    with pytest.raises(validation.ConfigError, match="^--config.capacity_table=.*no capacity"):
+        knowledge_phase.run(config, str(tmp_path / "run2"))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from typing import Any, Sequence
 
 import jax
@@ -179,3 +180,47 @@ def learned_bits(num_people: int, accuracy: dict[str, float], pool_sizes: dict[s
         raise ValueError(f"accuracy and pool sizes name different attributes: {sorted(missing)}")
     return float(sum(num_people * attribute_bits(accuracy[a], pool_sizes[a])
                      for a in pool_sizes))
+
+
+def capacity_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One tidy row per run: size, N, exposures, accuracy per attribute, learned bits."""
+    out = []
+    for row in rows:
+        accuracy = {a: row[f"final_accuracy_{a}"] for a in synbio.ATTRIBUTES}
+        pools = {a: row[f"pool_{a}"] for a in synbio.ATTRIBUTES}
+        n = row["people_trained"]
+        bits = learned_bits(n, accuracy, pools)
+        out.append({"preset": row["model.preset"], "params": row["params"],
+                    "non_embedding_params": row["non_embedding_params"], "num_people": n,
+                    "seed": row["seed"], "exposures": row["exposures_mean"],
+                    "num_steps": row["num_steps"],
+                    **{f"accuracy_{a}": accuracy[a] for a in synbio.ATTRIBUTES},
+                    "bio_accuracy": row["final_bio_accuracy"],
+                    "bits_per_person": sum(math.log2(k) for k in pools.values()),
+                    "learned_bits": bits, "bits_per_param": bits / row["params"],
+                    "bits_per_non_embedding_param": bits / row["non_embedding_params"]})
+    return out
+
+
+def capacity_per_size(table: list[dict[str, Any]], saturation: float) -> list[dict[str, Any]]:
+    """Per preset: seed-mean learned bits against N, the largest (the capacity) and whether
+    the last doubling of N stopped adding bits."""
+    out = []
+    for preset in dict.fromkeys(r["preset"] for r in table):
+        rows = [r for r in table if r["preset"] == preset]
+        people = sorted({r["num_people"] for r in rows})
+        mean_bits = [statistics.mean(r["learned_bits"] for r in rows if r["num_people"] == n)
+                     for n in people]
+        best = max(range(len(people)), key=lambda i: mean_bits[i])
+        best_rows = [r for r in rows if r["num_people"] == people[best]]
+        plateau = len(people) >= 2 and mean_bits[-1] < saturation * mean_bits[-2]
+        out.append({"preset": preset, "params": rows[0]["params"],
+                    "non_embedding_params": rows[0]["non_embedding_params"],
+                    "capacity_people": people[best], "capacity_bits": mean_bits[best],
+                    "capacity_bits_min": min(r["learned_bits"] for r in best_rows),
+                    "capacity_bits_max": max(r["learned_bits"] for r in best_rows),
+                    "bits_per_param": mean_bits[best] / rows[0]["params"],
+                    "bits_per_non_embedding_param":
+                        mean_bits[best] / rows[0]["non_embedding_params"],
+                    "plateau_reached": plateau, "seeds": len(best_rows)})
+    return out

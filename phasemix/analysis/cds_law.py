@@ -166,7 +166,6 @@ def check_predictions(points: Sequence[dict[str, Any]], fit: dict[str, tuple[flo
 
 def main(argv: Sequence[str]) -> None:
     import argparse
-    import subprocess
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", help="folder of critical_data_size sweeps, one per op and p")
@@ -174,8 +173,7 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--fit_p", default="31,53,73,97", help="moduli the laws are fitted on")
     parser.add_argument("--commit", default="", help="commit that trained the runs")
     args = parser.parse_args(argv)
-    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                                           capture_output=True, text=True).stdout.strip()
+    commit = args.commit or results_table.current_commit()
     fit_moduli = [int(p) for p in args.fit_p.split(",")]
     runs = read_runs(args.sweeps, commit)
     if not runs:

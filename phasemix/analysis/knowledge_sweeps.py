@@ -18,7 +18,7 @@ import numpy as np
 
 from phasemix.base import plotting, results_table, validation
 from phasemix.data import synbio
-from phasemix.analysis import capacity, transitions
+from phasemix.analysis import capacity, knowledge_prediction, transitions
 
 ACCURACY = "bio_accuracy"  # mean exact match over attributes and templates (the paper's metric)
 # The per-person table (exposures, exact-match accuracy) every knowledge_mixing run writes;
@@ -201,6 +201,10 @@ def analyse_size(config: ml_collections.ConfigDict, workdir: pathlib.Path,
         theory = knapsack_for(config, web_law, facts["tokens_per_bio"], rows[0]["people_trained"])
         summary.update(_theory_summary(config, web_law, theory,
                                        {s["preset"]: s["params"] for s in per_size}))
+    if config.predicted_csv is not None:  # the prediction committed before this sweep
+        summary["prediction"] = knowledge_prediction.compare(
+            results_table.read_table(config.predicted_csv), per_size)
+        results_table.write_table(summary["prediction"], workdir / "predicted_vs_measured.csv")
     _size_figures(config, workdir, points, per_size, summary, theory)
     return summary
 
@@ -256,6 +260,13 @@ def _size_figures(config, workdir, points, per_size, summary, theory) -> None:
             series[f"capacity theory (slope {theory.ratio_exponent:.2f} at small r)"] = {
                 "x": [n for n, _ in predicted], "y": [r for _, r in predicted],
                 "style": "--", "color": "tab:red"}
+    forecast = [r for r in summary.get("prediction", ())
+                if r["predicted_critical_ratio"] is not None]
+    if forecast:
+        series["predicted before the sweep"] = {
+            "x": [r["params"] for r in forecast],
+            "y": [r["predicted_critical_ratio"] for r in forecast], "style": "s",
+            "color": "tab:green"}
     if series:
         plotting.xy_lines(series, workdir / "critical_ratio_vs_size.png",
                           f"Critical ratio (accuracy {config.level:g}) against model size",

@@ -61,3 +61,17 @@ def write_table(rows: Iterable[Mapping[str, Any]], path: run_io.RunPath) -> None
     writer.writeheader()
     writer.writerows(rows)
     run_io.write_text_atomic(path, buffer.getvalue())
+
+
+def current_commit() -> str:
+    """The short hash of the checkout phasemix runs from, for a table's `commit` column
+    ('unknown' outside a git checkout, e.g. an installed wheel)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
