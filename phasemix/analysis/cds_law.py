@@ -36,8 +36,11 @@ from phasemix.analysis import capacity, transitions
 MARGIN = 1.5  # auto fraction = MARGIN x the predicted critical count (the grid brackets +-25%)
 MAX_FRACTION = 0.9  # an auto fraction above this leaves too little test data to measure
 # op -> (coefficient a, exponent b) of count = a * p^b; fitted on the moduli named in
-# docs/results/grokking/cds_fit.csv (`fit_moduli`). Empty until a fit is committed.
-FIT: dict[str, tuple[float, float]] = {}
+# docs/results/grokking/cds_fit.csv (`fit_moduli`: the moduli each op's fit used).
+FIT: dict[str, tuple[float, float]] = {
+    "add": (3.15507, 1.35638),  # add mod 31 and 53
+    "sub": (4.99293, 1.35638),  # sub mod 31, with the exponent shared with add
+}
 
 
 def predicted_count(op: str, p: int) -> float | None:
@@ -128,12 +131,16 @@ def fit_laws(points: Sequence[dict[str, Any]], fit_moduli: Sequence[int],
         else None
     holds = shared is not None and all(
         f.exponent_low <= shared[1] <= f.exponent_high for f in per_op.values())
-    fit_list = ",".join(str(p) for p in sorted(fit_moduli))
+
+    def fit_list(op: str) -> str:  # the moduli of the op that the fit used
+        return ",".join(str(q["p"]) for q in sorted(usable, key=lambda q: q["p"])
+                        if q["op"] == op)
+
     for op, f in per_op.items():
         rows.append({"op": op, "law": "per_op", "coefficient": f.coefficient,
                      "exponent": f.exponent, "exponent_low": f.exponent_low,
                      "exponent_high": f.exponent_high, "points": f.points, "r2": f.r2,
-                     "chosen": not holds, "fit_moduli": fit_list, "commit": commit})
+                     "chosen": not holds, "fit_moduli": fit_list(op), "commit": commit})
     if shared is not None:
         coefficients, exponent, spread = shared
         for op, a in coefficients.items():
@@ -141,7 +148,7 @@ def fit_laws(points: Sequence[dict[str, Any]], fit_moduli: Sequence[int],
                          "exponent_low": None, "exponent_high": None,
                          "points": sum(q["op"] == op for q in usable), "r2": None,
                          "log_residual_std": spread, "chosen": holds or op not in per_op,
-                         "fit_moduli": fit_list, "commit": commit})
+                         "fit_moduli": fit_list(op), "commit": commit})
     return rows
 
 

@@ -38,6 +38,7 @@ RUN_TABLES = (
 AGGREGATE_TABLES = (
     "grokking/cds_points.csv",
     "grokking/cds_model_fine_widths.csv",
+    "grokking/cds_fit.csv",
     "grokking/critical_data_size.csv",
     "grokking/critical_data_size_model.csv",
     "grokking/measurements.csv",
