@@ -28,6 +28,7 @@ RUN_TABLES = (
     "grokking/long_budget.csv",
     "grokking/cds_by_task.csv",
     "grokking/cds_model_fine.csv",
+    "grokking/cds_auto_check.csv",
     "knowledge/runs.csv",
     "knowledge/frequency.csv",
     "knowledge/capacity_pilot.csv",
