@@ -303,7 +303,7 @@ def test_bad_loop_config_fails_before_writing(smoke_config, tmp_path):
                          ("opt.lr", float("inf")), ("opt.b1", 1.0), ("opt.b2", -0.1),
                          ("opt.weight_decay", float("inf")), ("opt.grad_clip", -1.0),
                          ("model.init_scale", 0.0), ("model.init_scale", float("inf")),
-                         ("model.d_model", 0)):
+                         ("model.d_model", 0), ("data_prefetch", -1), ("data_workers", -2)):
         config = grokking.get_config("smoke")
         section, _, name = field.rpartition(".")
         (config[section] if section else config)[name] = value
