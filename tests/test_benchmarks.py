@@ -155,3 +155,12 @@ def test_step_profile_reads_products_through_nested_fusions():
         ops, 2, 1.0)
     assert (profile.products, profile.others) == (0.2, 0.1)
     assert profile.busy_by_thread == {"t0": 0.2, "t1": 0.1}
+
+
+def test_read_ahead_settings_parse_and_a_bad_one_names_the_flag():
+    from benchmarks import data_prefetch
+
+    assert data_prefetch.parse_settings(["0:0", "2:0", "4:2"]) == [(0, 0), (2, 0), (4, 2)]
+    for bad in ("2", "a:1", "-1:0", "0:1"):
+        with pytest.raises(SystemExit, match=r"^error: --settings=0:0,"):
+            data_prefetch.parse_settings(["0:0", bad])

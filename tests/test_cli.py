@@ -24,7 +24,8 @@ SWEEPS = ("critical_data_size", "knowledge_phase", "knowledge_capacity", "bimix"
 TRAINER = {"grokking": "", "sentiment_grokking": "", "knowledge_mixing": "",
            "critical_data_size": "base.", "knowledge_phase": "base.",
            "knowledge_capacity": "base.", "bimix": "base.", "bimix_fit": None}
-TRAINER_FIELDS = ("fsdp", "micro_batches", "xla_cpu_ynnpack", "model.init_scale", "steps_per_call")
+TRAINER_FIELDS = ("fsdp", "micro_batches", "xla_cpu_ynnpack", "model.init_scale", "steps_per_call",
+                  "data_prefetch", "data_workers")
 
 
 def run_cli(experiment: str, *flags: str) -> subprocess.CompletedProcess:

@@ -214,7 +214,8 @@ def test_bad_shard_names_the_flag(text):
 # --- Checkpoints across process counts, FSDP specs -----------------------------------------
 
 def test_iterator_state_of_another_process_count_restores(tmp_path):
-    """A checkpoint written by 2 processes holds process_{0,1}-of-2.json; 1 process reads one."""
+    """A checkpoint written by 2 processes holds process_{0,1}-of-2.json, which grain's handler
+    does not read on 1 process: the iterator resumes at the checkpoint's step."""
     arrays = {"inputs": np.arange(40).reshape(20, 2)}
     dataset = batching.epoch_batches(arrays, batch_size=4, seed=0, num_steps=10)
     it = batching.iterate(dataset)
@@ -231,9 +232,6 @@ def test_iterator_state_of_another_process_count_restores(tmp_path):
     abstract = {"w": jax.ShapeDtypeStruct((3,), np.float32)}
     ckpt.restore(3, abstract, fresh)
     np.testing.assert_array_equal(next(fresh)["inputs"], dataset[3]["inputs"])
-    (data / "process_1-of-2.json").write_text(json.dumps({"next_index": 7}))
-    with pytest.raises(checkpointing.CheckpointError, match="2 different states"):
-        ckpt.restore(3, abstract, batching.iterate(dataset))
     ckpt.close()
 
 

@@ -134,17 +134,18 @@ def comparable(rows):
 
 
 class SigtermAt:
-    """A train-batch source that sends this process SIGTERM when batch `at` is fetched."""
+    """A train-batch source that sends SIGTERM to the process that made it when batch `at` is
+    read (by the loop, a read-ahead thread or a worker process)."""
 
     def __init__(self, batches, at):
-        self._batches, self._at = batches, at
+        self._batches, self._at, self._pid = batches, at, os.getpid()
 
     def __len__(self):
         return len(self._batches)
 
     def __getitem__(self, step):
         if step == self._at:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(self._pid, signal.SIGTERM)
         return self._batches[step]
 
 
@@ -179,6 +180,32 @@ def test_killed_run_resumes_to_identical_numbers(smoke_config, tmp_path):
     assert finished["final_test_accuracy"] == full["final_test_accuracy"]
     assert comparable(run_io.read_metrics(tmp_path / "last")) == comparable(
         run_io.read_metrics(tmp_path / "full"))
+
+
+# With a worker: slow, its processes take ~10 s to start per run on 2 busy cores, which no
+# compilation cache shortens (test_batching checks its checkpointed state in the default suite).
+@pytest.mark.parametrize("prefetch, workers", [(4, 0), pytest.param(4, 1, marks=pytest.mark.slow)])
+def test_a_run_reading_ahead_resumes_to_identical_numbers(smoke_config, tmp_path, prefetch,
+                                                          workers):
+    """Batches read ahead (by a thread, or a worker process) when the run is stopped are not in
+    its checkpoint: the resumed run trains on the very batches of one never stopped."""
+    import dataclasses
+
+    import grain
+
+    full = grokking.run(smoke_config, str(tmp_path / "full"))
+    smoke_config.data_prefetch, smoke_config.data_workers = prefetch, workers
+    task = grokking.make_task(smoke_config)
+    killed = dataclasses.replace(
+        task, train_batches=grain.MapDataset.source(SigtermAt(task.train_batches, at=33)))
+    with pytest.raises(train.Preempted) as stop:  # once batch 33 is read, maybe ahead
+        train.train_and_evaluate(smoke_config, str(tmp_path / "resumed"), killed)
+    assert 0 < stop.value.step <= 34  # at 34 or before: batch 33 may be read ahead of the loop
+    resumed = grokking.run(smoke_config, str(tmp_path / "resumed"))
+    assert comparable(run_io.read_metrics(tmp_path / "resumed")) == comparable(
+        run_io.read_metrics(tmp_path / "full"))
+    assert {k: v for k, v in resumed.items() if k != "wall_seconds"} == {
+        k: v for k, v in full.items() if k != "wall_seconds"}
 
 
 def test_a_run_killed_before_its_first_checkpoint_logs_step_0_once(tmp_path):
@@ -276,7 +303,7 @@ def test_bad_loop_config_fails_before_writing(smoke_config, tmp_path):
                          ("opt.lr", float("inf")), ("opt.b1", 1.0), ("opt.b2", -0.1),
                          ("opt.weight_decay", float("inf")), ("opt.grad_clip", -1.0),
                          ("model.init_scale", 0.0), ("model.init_scale", float("inf")),
-                         ("model.d_model", 0)):
+                         ("model.d_model", 0), ("data_prefetch", -1), ("data_workers", -2)):
         config = grokking.get_config("smoke")
         section, _, name = field.rpartition(".")
         (config[section] if section else config)[name] = value

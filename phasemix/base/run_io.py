@@ -289,7 +289,8 @@ def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDic
 # Fields that change how a run executes, not what it computes (beyond float rounding): a
 # workdir written with another value, or before the field existed, still resumes and still
 # counts as the same run.
-EXECUTION_FIELDS = ("micro_batches", "xla_cpu_ynnpack", "fsdp", "steps_per_call")
+EXECUTION_FIELDS = ("micro_batches", "xla_cpu_ynnpack", "fsdp", "steps_per_call", "data_prefetch",
+                    "data_workers")
 
 
 def config_differences(found: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the train state and the grain iterator, saved and restored together.
+"""Orbax checkpoints of the train state and the grain iterator, saved and restored together
+(grain's `CheckpointSave` / `CheckpointRestore` items beside the state's).
 
 The directory may be in a bucket (gs://bucket/run/checkpoints): orbax writes there through
 epath and TensorStore's gcs driver, and marks a finished checkpoint with its commit file
@@ -6,7 +7,6 @@ epath and TensorStore's gcs driver, and marks a finished checkpoint with its com
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
@@ -49,10 +49,16 @@ class Checkpointer:
         deleted or overwritten, so the user can inspect or move it.
         """
         _drop_closed_loop_tracebacks()
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        same_processes = self._saved_by_as_many_processes(step)
+        if same_processes:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state)))
-            data_iterator.set_state(self._data_state(step))
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+            if not same_processes:
+                # Every checkpoint is saved once the batches of steps [0, step) are consumed,
+                # on every process alike (each takes its rows of the same global batches).
+                grain.experimental.set_next_index(data_iterator, step)
         except Exception as e:  # orbax raises many types for damaged files
             _quiet_failed_restore()
             raise CheckpointError(
@@ -62,21 +68,16 @@ class Checkpointer:
             ) from e
         return restored.state
 
-    def _data_state(self, step: int) -> Any:
-        """The iterator state saved at `step`, also when another number of processes saved it.
+    def _saved_by_as_many_processes(self, step: int) -> bool:
+        """Whether grain's handler can restore this process's iterator from `step`.
 
-        grain's handler writes one `process_<i>-of-<n>.json` per process and reads back only the
-        file of the same i and n. Every process of a phasemix run walks the same steps (it takes
-        its rows of each global batch), so the files are equal and any one of them will do.
+        It saves one `process_<i>-of-<n>.json` per process and restores only the file of the
+        restoring process's own i and n (grain 0.2.18, and its source since for every iterator
+        but `ElasticIterator`, which shards examples, not these global batches), so on another
+        number of processes the iterator is set from the step instead.
         """
-        folder = self.directory / str(step) / "data"
-        own = folder / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        files = [own] if own.exists() else sorted(folder.glob("process_*-of-*.json"))
-        states = {f.read_text() for f in files}
-        if len(states) != 1:
-            raise ValueError(f"{folder} holds {len(files)} iterator files with {len(states)} "
-                             "different states; expected one state")
-        return json.loads(states.pop())
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        return (self.directory / str(step) / "data" / name).exists()
 
     def restore_state(self, step: int, abstract_state: Any) -> Any:
         """The train state alone (for analysis), without touching any data iterator."""

@@ -59,6 +59,8 @@ def run_config(smoke: bool = False) -> ml_collections.ConfigDict:
     # work on them at once); 0: train.auto_micro_batches decides (1 on accelerators).
     config.micro_batches = 0
     config.steps_per_call = 0  # optimizer steps per host dispatch; 0: chosen per backend
+    config.data_prefetch = 0  # batches read ahead while the device trains; 0: read when needed
+    config.data_workers = 0  # processes reading them ahead; 0: a thread of the trainer's own
     # On a CPU, YNNPACK's dot kernels (XLA's default); grokking turns them off for its small
     # products. No effect on accelerators.
     config.xla_cpu_ynnpack = True

@@ -244,7 +244,7 @@ def weight_norms(params: Any) -> dict[str, jax.Array]:
 # --print_config shows what a run depends on.
 LOOP_FIELDS = ("seed", "num_steps", "batch_size", "eval_every", "eval_batch_size",
                "checkpoint_every", "micro_batches", "steps_per_call", "xla_cpu_ynnpack",
-               "fsdp", "model.init_scale", "opt")
+               "fsdp", "model.init_scale", "opt", "data_prefetch", "data_workers")
 
 
 def steps_per_call_of(config: ml_collections.ConfigDict, platform: str | None = None) -> int:
@@ -291,6 +291,7 @@ def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) ->
                        ynnpack)
     validation.require_positive(config, "model.init_scale")
     optimizer_lib.validate(config.opt)
+    batching.validate(config)
 
 
 class _SigtermFlag:
@@ -448,7 +449,7 @@ class _Run:
         self.checkpointer = checkpointing.Checkpointer(self.workdir / run_io.CHECKPOINT_DIR)
         batches = task.train_batches if rows is None else batching.process_shard(
             task.train_batches, rows)
-        self.data_iter = batching.iterate(batches)
+        self.data_iter = batching.iterate(batches, config.data_prefetch, config.data_workers)
         self.start_step = self.checkpointer.latest_step() or 0
         self.writer: run_io.MetricsWriter | None = None
         self.elapsed_before = 0.0
@@ -496,6 +497,7 @@ class _Run:
         if self.writer is not None:
             self.writer.close()
         self.checkpointer.close()
+        self.data_iter.close()  # stops its read-ahead thread or worker processes
 
 
 def first_non_finite(row: dict[str, Any]) -> tuple[str, Any] | None:
