@@ -109,6 +109,29 @@ def cds_steps_vs_size(t: Callable[[str], list[dict[str, Any]]], path: pathlib.Pa
         "training pairs", "steps", log_x=False, log_y=True, hline=budget)
 
 
+def cds_law(t: Callable[[str], list[dict[str, Any]]], path: pathlib.Path) -> None:
+    """Each task's critical size (grid bracket) against the modulus, with the chosen law."""
+    points = [r for r in t("grokking/cds_points.csv") if r["estimate"] is not None]
+    chosen = {r["op"]: r for r in t("grokking/cds_fit.csv") if r["chosen"] in (True, "True")}
+    series = {}
+    for i, op in enumerate(sorted({r["op"] for r in points})):
+        mine = sorted((r for r in points if r["op"] == op), key=lambda r: r["p"])
+        color = plotting.color(i, 3)
+        series[f"{op}: critical size (grid bracket)"] = {
+            "x": [r["p"] for r in mine], "y": [r["estimate"] for r in mine],
+            "err": [[r["estimate"] - r["grid_below"] for r in mine],
+                    [r["critical_count"] - r["estimate"] for r in mine]],
+            "style": "o", "color": color}
+        if op in chosen:
+            fit = chosen[op]
+            grid = [25 + 5 * k for k in range(20)]
+            series[f"{op}: {fit['coefficient']:.3g} p^{fit['exponent']:.2f} ({fit['law']})"] = {
+                "x": grid, "y": [fit["coefficient"] * q ** fit["exponent"] for q in grid],
+                "style": "--", "color": color}
+    plotting.xy_lines(series, path, "Critical data size against the modulus (2 seeds, "
+                      "4,000-step budget)", "modulus p", "training pairs", log_y=True)
+
+
 def cds_model_heatmap(t: Callable[[str], list[dict[str, Any]]], path: pathlib.Path) -> None:
     rows = t("grokking/critical_data_size_model.csv")
     plotting.heatmap({(r["d_model"], r["train_pairs"]): r["final_test_accuracy_mean"]
@@ -262,6 +285,7 @@ def performance_vs_pytorch(t: Callable[[str], list[dict[str, Any]]],
 FIGURES: dict[str, Callable[[Callable[[str], list[dict[str, Any]]], pathlib.Path], None]] = {
     "cds_steps_vs_size.png": cds_steps_vs_size,
     "cds_model_accuracy_heatmap.png": cds_model_heatmap,
+    "cds_law.png": cds_law,
     "sentiment_imdb_steps_vs_fraction.png": sentiment_steps_vs_fraction,
     "knowledge_accuracy_vs_ratio.png": knowledge_accuracy_vs_ratio,
     "knowledge_mitigations.png": knowledge_mitigations,
