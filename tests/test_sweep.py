@@ -226,6 +226,21 @@ def test_workers_get_an_equal_share_of_the_accelerator_memory_or_the_users():
     assert share(1, "tpu", {}) == {sweep.MEMORY_FRACTION: "0.9"}
 
 
+def test_a_sweep_process_with_workers_does_not_preallocate_but_its_workers_do(monkeypatch):
+    monkeypatch.setattr(sweep, "_preallocate_turned_off", False)
+    monkeypatch.setenv(sweep.PREALLOCATE, "true")  # the user's: left alone
+    sweep.keep_memory_for_workers(2)
+    assert os.environ[sweep.PREALLOCATE] == "true" and sweep.worker_environment(2, "gpu", {}) == {
+        sweep.MEMORY_FRACTION: "0.45"}
+    monkeypatch.delenv(sweep.PREALLOCATE)
+    sweep.keep_memory_for_workers(1)  # trains in this process: preallocates as usual
+    assert sweep.PREALLOCATE not in os.environ
+    sweep.keep_memory_for_workers(2)
+    assert os.environ[sweep.PREALLOCATE] == "false"
+    assert sweep.worker_environment(2, "gpu", {}) == {sweep.PREALLOCATE: None,
+                                                      sweep.MEMORY_FRACTION: "0.45"}
+
+
 def test_more_than_one_worker_on_a_tpu_is_refused_before_any_run(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "backend_platform", lambda: "tpu")
     config = critical_data_size.get_config("smoke")
