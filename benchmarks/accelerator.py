@@ -10,15 +10,16 @@ is timed alone.
 
 Writes `accelerator_report.json` into `--out` (default: the current folder) with:
   backend, device_kind   what JAX ran on;
-  grokking_step          steps/s of the grokking demo's train step at its batch of 512;
-  small_lm_step          steps/s of the small LM's train step, float32 and bfloat16, its
-                         matrix-product FLOPs per step (common.matmul_flops), FLOP/s and MFU
-                         against the device's peak for that dtype (`PEAKS`; null on a device
-                         not in the table, e.g. any CPU). Both steps are benchmarks.vs_pytorch's
-                         (`BENCHES`, `jax_step`), built as the training loop builds them, and
-                         each runs in the loop's multi-step program (train.train_steps), timed
-                         at one step per host call and at the loop's k steps per call
-                         (`steps_per_s_k`, `flop_per_s_k`, `mfu_k`);
+  grokking_step          steps/s of the grokking demo's training program (as `grokking.run`
+                         builds it; in the smoke the smoke variant's run, batch 64);
+  small_lm_step          steps/s of the small LM's train step (benchmarks.vs_pytorch's
+                         `BENCHES` and `jax_step`, built as the training loop builds it, in
+                         its multi-step program train.train_steps), float32 and bfloat16.
+                         Each step: its matrix-product FLOPs (common.matmul_flops), FLOP/s and
+                         MFU against the device's peak for its dtype (`PEAKS`; null on a device
+                         not in the table, e.g. any CPU), timed at one step per host call and
+                         at the loop's k steps per call (`steps_per_s_k`, `flop_per_s_k`,
+                         `mfu_k`);
   vmapped_seeds          the vmapped seed-group program (train.build_programs with num_runs=R,
                          the program `critical_data_size --config.vmap_seeds` trains) for each
                          R, in run-steps/s against one run's program;
@@ -52,13 +53,14 @@ from benchmarks.common import matmul_flops
 from experiments import critical_data_size, grokking
 from phasemix.analysis import transitions
 from phasemix.base import run_io, validation
-from phasemix.training import compilation, optimizer as optimizer_lib, sharding, train
+from phasemix.training import compilation, optimizer as optimizer_lib, params as params_lib
+from phasemix.training import sharding, train
 
 REPORT_FILE = "accelerator_report.json"
 
 _OUT = flags.DEFINE_string("out", ".", "Folder the report is written to (made if missing).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Small sizes and few steps: a CPU check of the "
-                           "whole command in about 60 CPU-seconds.")
+                           "whole command in about 50 CPU-seconds.")
 
 # Dense peak FLOP/s per chip by compute dtype, matched against `device_kind` in this order
 # (first substring that matches). float32: the TF32 tensor-core peak on NVIDIA GPUs, which is
@@ -80,7 +82,6 @@ class Sizes:
     """What each section measures; `full` on an accelerator, `smoke` on a CPU."""
 
     seconds: float  # approximate timing seconds per measured step rate
-    grokking_batch_size: int | None  # of the demo's step; None: the demo's own (512)
     lm_batch_sizes: tuple[int, ...]  # small-LM batch sizes
     run_counts: tuple[int, ...]  # R of the vmapped seed groups
     vmapped_runs: tuple[int, ...]  # R of the whole-run comparison (each also run R times alone)
@@ -89,13 +90,13 @@ class Sizes:
     demo_steps: int | None  # its steps; None: the variant's own
 
 
-FULL = Sizes(seconds=3.0, grokking_batch_size=None, lm_batch_sizes=(64, 512, 4096),
-             run_counts=(1, 8, 64, 256, 512), vmapped_runs=(8,), run_steps=300,
-             demo_variant="", demo_steps=None)
+FULL = Sizes(seconds=3.0, lm_batch_sizes=(64, 512, 4096), run_counts=(1, 8, 64, 256, 512),
+             vmapped_runs=(8,), run_steps=300, demo_variant="", demo_steps=None)
 # Compiling dominates on a CPU (a few seconds a program): few programs, short timings, and
-# the same R in both sweep sections, whose programs are then compiled once.
-SMOKE = Sizes(seconds=0.1, grokking_batch_size=64, lm_batch_sizes=(16,), run_counts=(2,),
-              vmapped_runs=(2,), run_steps=4, demo_variant="smoke", demo_steps=20)
+# the same R in both sweep sections, whose programs are then compiled once; 16 steps, so
+# that the runs call the loop's default 8 steps at a time, as the grokking step is timed.
+SMOKE = Sizes(seconds=0.1, lm_batch_sizes=(16,), run_counts=(2,), vmapped_runs=(2,),
+              run_steps=16, demo_variant="smoke", demo_steps=20)
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:
@@ -147,10 +148,14 @@ def loop_steps_per_call() -> int:
                                          train.AUTO_STEPS_PER_CALL_ACCELERATOR)
 
 
-def prepare_step(name: str, dtype: str, batch_size: int) -> tuple[dict[str, Any], LoopRunner]:
+# A timed program: the facts of its row (its k steps per call among them) and its runner.
+Program = tuple[dict[str, Any], LoopRunner]
+
+
+def bench_program(name: str, dtype: str, batch_size: int) -> Program:
     """`vs_pytorch.BENCHES[name]`'s train step in `dtype`, in as many micro-batch slices as
     the loop would choose (1 on accelerators), inside the loop's multi-step program
-    (`train.train_steps`) for k steps per call, compiled; and the facts of its row."""
+    (`train.train_steps`) for the loop's k steps per call, compiled."""
     base = vs_pytorch.BENCHES[name]
     bench = dataclasses.replace(base, cfg=dataclasses.replace(base.cfg, dtype=dtype))
     batch = vs_pytorch.make_batch(bench, batch_size)
@@ -165,23 +170,54 @@ def prepare_step(name: str, dtype: str, batch_size: int) -> tuple[dict[str, Any]
     k = loop_steps_per_call()
     stacked = jax.tree.map(lambda x: jnp.stack([x] * k), device_batch)
     facts = {"dtype": dtype, "batch_size": batch_size, "params": num_params,
-             "micro_batches": micro_batches,
+             "micro_batches": micro_batches, "steps_per_call_k": k,
              "flops_per_step": matmul_flops(step, state, device_batch)}
     return facts, LoopRunner(steps, state, stacked).compiled()
 
 
-def step_row(facts: dict[str, Any], runner: LoopRunner, seconds: float,
-             device_kind: str) -> dict[str, Any]:
-    """Steps/s, FLOP/s and MFU at one step per host call and at the loop's k (`_k` keys):
+def _stacked_batches(task: train.Task, steps_per_call: int) -> dict[str, np.ndarray]:
+    """The task's first batches as one call of the loop's multi-step program takes them."""
+    return jax.tree.map(lambda *xs: np.stack(xs),
+                        *[task.train_batches[i] for i in range(steps_per_call)])
+
+
+def run_program(configs: list, tasks: list[train.Task], vmapped: bool) -> Program:
+    """The multi-step program that `grokking.run` trains the first of `configs` with, or
+    (`vmapped`) all of them as one seed group (train.build_programs with num_runs, the program
+    `critical_data_size --config.vmap_seeds` trains), compiled, on their first batches."""
+    mesh = sharding.make_mesh()
+    if not vmapped:
+        configs, tasks = configs[:1], tasks[:1]
+    config = configs[0]
+    programs = train.build_programs(config, tasks[0], mesh, len(configs) if vmapped else None)
+    k = programs.steps_per_call
+    keys = [jax.random.key(c.seed) for c in configs]
+    state = programs.init(jnp.stack(keys) if vmapped else keys[0])
+    facts: dict[str, Any] = {"steps_per_call_k": k}
+    if not vmapped:  # the facts of a step row
+        batch = sharding.put_batch(tasks[0].train_batches[0], mesh)
+        facts = {"dtype": config.model.dtype, "batch_size": int(batch["inputs"].shape[0]),
+                 "params": params_lib.count_params(state.params),
+                 "micro_batches": train.micro_batches_of(config, tasks[0], mesh.size),
+                 "steps_per_call_k": k,
+                 "flops_per_step": matmul_flops(programs.step, state, batch)}
+    stacked = [_stacked_batches(t, k) for t in tasks]
+    host = jax.tree.map(lambda *xs: np.stack(xs), *stacked) if vmapped else stacked[0]
+    batches = sharding.put_batch(host, mesh, batch_axis=programs.batch_axis + 1)
+    return facts, LoopRunner(programs.steps, state, batches).compiled()
+
+
+def step_row(program: Program, seconds: float, device_kind: str) -> dict[str, Any]:
+    """Steps/s, FLOP/s and MFU at one step per host call and at the program's k (`_k` keys):
     one program, whose trip count is a traced value, as in the training loop."""
-    k = loop_steps_per_call()
-    flops, peak = facts["flops_per_step"], peak_flops(device_kind, facts["dtype"])
+    facts, runner = program
+    k, flops = facts["steps_per_call_k"], facts["flops_per_step"]
+    peak = peak_flops(device_kind, facts["dtype"])
     steps_per_s, steps_per_s_k = runner.rate(1, seconds), runner.rate(k, seconds)
     return {**facts, "peak_flop_per_s": peak,
             "steps_per_s": steps_per_s, "flop_per_s": steps_per_s * flops,
             "mfu": None if peak is None else steps_per_s * flops / peak,
-            "steps_per_call_k": k, "steps_per_s_k": steps_per_s_k,
-            "flop_per_s_k": steps_per_s_k * flops,
+            "steps_per_s_k": steps_per_s_k, "flop_per_s_k": steps_per_s_k * flops,
             "mfu_k": None if peak is None else steps_per_s_k * flops / peak}
 
 
@@ -204,76 +240,57 @@ def seed_group_configs(sizes: Sizes, smoke: bool, num_runs: int) -> list:
     return configs
 
 
-def _stacked_batches(task: train.Task, steps_per_call: int) -> dict[str, np.ndarray]:
-    """The task's first batches as one call of the loop's multi-step program takes them."""
-    return jax.tree.map(lambda *xs: np.stack(xs),
-                        *[task.train_batches[i] for i in range(steps_per_call)])
-
-
-def seed_group_runner(configs: list, tasks: list[train.Task],
-                      vmapped: bool) -> tuple[LoopRunner, int]:
-    """The loop's multi-step program of `configs`' runs vmapped (train.build_programs with
-    num_runs, the program `critical_data_size --config.vmap_seeds` trains), or of the first
-    run alone (as `grokking.run` has it), compiled, on their first batches; and its steps
-    per call."""
-    mesh = sharding.make_mesh()
-    if not vmapped:
-        configs, tasks = configs[:1], tasks[:1]
-    programs = train.build_programs(configs[0], tasks[0], mesh,
-                                    len(configs) if vmapped else None)
-    stacked = [_stacked_batches(t, programs.steps_per_call) for t in tasks]
-    keys = [jax.random.key(c.seed) for c in configs]
-    state = programs.init(jnp.stack(keys) if vmapped else keys[0])
-    host = jax.tree.map(lambda *xs: np.stack(xs), *stacked) if vmapped else stacked[0]
-    batches = sharding.put_batch(host, mesh, batch_axis=programs.batch_axis + 1)
-    return LoopRunner(programs.steps, state, batches).compiled(), programs.steps_per_call
-
-
 @dataclasses.dataclass
 class Prepared:
-    """The step programs of the timed sections, compiled: (facts, runner) of the grokking
-    step and the small LM's, and the seed-group runners (runner, steps per call)."""
+    """The programs of the timed step sections, compiled."""
 
-    grokking: tuple[dict[str, Any], LoopRunner]
-    small_lm: list[tuple[dict[str, Any], LoopRunner]]
-    single_run: tuple[LoopRunner, int]  # one run of the seed groups, the sequential baseline
-    seed_groups: dict[int, tuple[LoopRunner, int]]  # R -> R runs vmapped
+    grokking: Program
+    small_lm: list[Program]  # per compute dtype and batch size
+    single_run: Program  # one run of the seed groups: their sequential baseline
+    seed_groups: dict[int, Program]  # R -> R runs vmapped
 
 
 def prepare(sizes: Sizes, smoke: bool) -> Prepared:
     """Every program the step sections time, compiled side by side (a program compiles on
-    one core; the timings then run one at a time): the grokking demo's step (its model,
-    float32, its batch size unless `sizes` sets one), the small LM's per compute dtype and
-    batch size, one seed-group run and each R-run seed group."""
-    grok = grokking.get_config()
+    one core; the timings then run one at a time): the grokking step, the small LM's per
+    compute dtype and batch size, one seed-group run and each R-run seed group.
+
+    The grokking step is the demo's run; in the smoke, the seed groups' run (the smoke
+    variant's), whose program the sweep sections compile anyway."""
     groups = {}
     for num_runs in sizes.run_counts:
         configs = seed_group_configs(sizes, smoke, num_runs)
         groups[num_runs] = (configs, [grokking.make_task(c, jax.device_count())
                                       for c in configs])
 
-    def small_lm() -> list[tuple[dict[str, Any], LoopRunner]]:
+    def small_lm() -> list[Program]:
         # One after another: their dtypes share one initialisation program (the parameters
         # are float32 in both), which the second then finds in the compilation cache.
-        return [prepare_step("small_lm", dtype, batch_size)
+        return [bench_program("small_lm", dtype, batch_size)
                 for dtype in ("float32", "bfloat16") for batch_size in sizes.lm_batch_sizes]
 
-    jobs = [small_lm, functools.partial(prepare_step, "grokking", grok.model.dtype,
-                                        sizes.grokking_batch_size or grok.batch_size),
-            functools.partial(seed_group_runner, *groups[sizes.run_counts[0]], False)]
-    jobs += [functools.partial(seed_group_runner, *group, True) for group in groups.values()]
-    done = side_by_side(jobs)
-    return Prepared(grokking=done[1], small_lm=done[0], single_run=done[2],
-                    seed_groups=dict(zip(groups, done[3:])))
+    jobs = {"small_lm": small_lm,
+            "single_run": functools.partial(run_program, *groups[sizes.run_counts[0]], False)}
+    if not smoke:
+        demo = grokking.get_config()
+        jobs["grokking"] = functools.partial(
+            run_program, [demo], [grokking.make_task(demo, jax.device_count())], False)
+    jobs.update({f"group_{r}": functools.partial(run_program, *group, True)
+                 for r, group in groups.items()})
+    done = dict(zip(jobs, side_by_side(list(jobs.values()))))
+    return Prepared(grokking=done.get("grokking", done["single_run"]),
+                    small_lm=done["small_lm"], single_run=done["single_run"],
+                    seed_groups={r: done[f"group_{r}"] for r in groups})
 
 
 def vmapped_seeds(prepared: Prepared, seconds: float) -> list[dict[str, Any]]:
     """Run-steps/s of R runs vmapped against one run's, each dispatched as the training loop
     dispatches it (its multi-step program at its steps per call)."""
-    runner, k = prepared.single_run
-    single = runner.rate(k, seconds)
+    facts, runner = prepared.single_run
+    single = runner.rate(facts["steps_per_call_k"], seconds)
     rows = []
-    for num_runs, (runner, k) in prepared.seed_groups.items():
+    for num_runs, (facts, runner) in prepared.seed_groups.items():
+        k = facts["steps_per_call_k"]
         steps_per_s = runner.rate(k, seconds)
         rows.append({"runs": num_runs, "steps_per_call": k, "vmapped_steps_per_s": steps_per_s,
                      "vmapped_run_steps_per_s": num_runs * steps_per_s,
@@ -351,9 +368,9 @@ def measure(smoke: bool) -> dict[str, Any]:
 
         prepared = timed("compile", lambda: prepare(sizes, smoke))
         report["grokking_step"] = timed("grokking_step", lambda: step_row(
-            *prepared.grokking, sizes.seconds, kind))
+            prepared.grokking, sizes.seconds, kind))
         report["small_lm_step"] = timed("small_lm_step", lambda: [
-            step_row(*p, sizes.seconds, kind) for p in prepared.small_lm])
+            step_row(p, sizes.seconds, kind) for p in prepared.small_lm])
         report["vmapped_seeds"] = timed("vmapped_seeds",
                                         lambda: vmapped_seeds(prepared, sizes.seconds))
         report["vmapped_runs"] = timed("vmapped_runs",

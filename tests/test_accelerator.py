@@ -43,7 +43,7 @@ def test_an_out_path_that_is_a_file_fails_in_one_line_before_measuring(tmp_path)
     assert not_a_folder.read_text() == "keep me"
 
 
-# ~60 CPU seconds (programs compiled two at a time on a 2-core CPU), the default suite's
+# ~50 CPU seconds (programs compiled two at a time on a 2-core CPU), the default suite's
 # check that the device command runs end to end and reports every field.
 def test_smoke_report_has_every_section_with_positive_finite_numbers(tmp_path):
     proc = _run("--smoke", f"--out={tmp_path}")
