@@ -228,14 +228,19 @@ def test_workers_get_an_equal_share_of_the_accelerator_memory_or_the_users():
 
 def test_a_sweep_process_with_workers_does_not_preallocate_but_its_workers_do(monkeypatch):
     monkeypatch.setattr(sweep, "_preallocate_turned_off", False)
+    config = critical_data_size.get_config()
+    assert config.workers == 2
     monkeypatch.setenv(sweep.PREALLOCATE, "true")  # the user's: left alone
-    sweep.keep_memory_for_workers(2)
+    sweep.keep_memory_for_workers(config)
     assert os.environ[sweep.PREALLOCATE] == "true" and sweep.worker_environment(2, "gpu", {}) == {
         sweep.MEMORY_FRACTION: "0.45"}
     monkeypatch.delenv(sweep.PREALLOCATE)
-    sweep.keep_memory_for_workers(1)  # trains in this process: preallocates as usual
-    assert sweep.PREALLOCATE not in os.environ
-    sweep.keep_memory_for_workers(2)
+    for trains_here in (critical_data_size.get_config("smoke"),  # workers=1
+                        critical_data_size.get_config().copy_and_resolve_references()):
+        trains_here.vmap_seeds = trains_here.workers > 1  # seed groups train in this process
+        sweep.keep_memory_for_workers(trains_here)
+        assert sweep.PREALLOCATE not in os.environ
+    sweep.keep_memory_for_workers(config)
     assert os.environ[sweep.PREALLOCATE] == "false"
     assert sweep.worker_environment(2, "gpu", {}) == {sweep.PREALLOCATE: None,
                                                       sweep.MEMORY_FRACTION: "0.45"}
@@ -248,6 +253,12 @@ def test_more_than_one_worker_on_a_tpu_is_refused_before_any_run(tmp_path, monke
     with pytest.raises(validation.ConfigError, match=r"^--config.workers=2: must be 1 on a TPU"):
         critical_data_size.run(config, str(tmp_path))
     assert not (tmp_path / "runs").exists()
+    # Vmapped seed groups train in this process: the number of workers does not matter.
+    config.vmap_seeds = True
+    monkeypatch.setattr(sweep, "_check_writable", lambda folder: validation.fail(
+        "workdir", "checked after the workers"))
+    with pytest.raises(validation.ConfigError, match="checked after the workers"):
+        critical_data_size.run(config, str(tmp_path))
 
 
 def test_each_spawned_worker_starts_with_its_memory_share(tmp_path, monkeypatch):

@@ -265,7 +265,7 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
             if sweep:
                 from phasemix.runs import sweep as sweep_lib
 
-                sweep_lib.keep_memory_for_workers(config.get("workers", 1))
+                sweep_lib.keep_memory_for_workers(config)
             _start_distributed()
             if sweep:
                 summary = run(config, workdir, shard=sweep_lib.parse_shard(flags.FLAGS.shard))

@@ -195,13 +195,15 @@ WORKERS_MEMORY = 0.9  # of an accelerator's memory, split equally between the wo
 _preallocate_turned_off = False  # by `keep_memory_for_workers`, in this process only
 
 
-def keep_memory_for_workers(workers: int) -> None:
-    """Keeps a sweep's process that only hands runs to `workers` > 1 processes from taking an
-    accelerator's memory: JAX preallocates 75% of a GPU when its backend starts, which an
-    experiment's checks do (a device count), and the workers would find too little left. Call
-    it before anything starts a backend; the workers preallocate their own shares again."""
+def keep_memory_for_workers(config: ml_collections.ConfigDict) -> None:
+    """Keeps a sweep's process that only hands runs to worker processes (`config.workers` > 1,
+    seeds not vmapped) from taking an accelerator's memory: JAX preallocates 75% of a GPU when
+    its backend starts, which an experiment's checks do (a device count), and the workers
+    would find too little left. Call it before anything starts a backend; the workers
+    preallocate their own shares again."""
     global _preallocate_turned_off
-    if workers > 1 and PREALLOCATE not in os.environ:
+    in_workers = config.get("workers", 1) > 1 and not config.get("vmap_seeds", False)
+    if in_workers and PREALLOCATE not in os.environ:
         os.environ[PREALLOCATE] = "false"
         _preallocate_turned_off = True
 
@@ -419,8 +421,8 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     if workers > 1 and distributed.is_multi_process():
         validation.fail("workers", "must be 1 in a multi-process job, whose processes train "
                         "each run together; use --shard to spread runs over jobs", workers)
-    if workers > 1:  # refused before any run if the workers cannot share the accelerator
-        worker_environment(workers, backend_platform())
+    if workers > 1 and group_fn is None:  # refused before any run if the workers cannot
+        worker_environment(workers, backend_platform())  # share the accelerator
     sweep_dir = run_io.run_path(sweep_dir)  # a local folder or a bucket's gs://... path
     runs = []
     for override in overrides:
