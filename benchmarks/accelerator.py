@@ -5,33 +5,43 @@
 
 On a CPU backend the sizes are the smoke ones with or without --smoke (the full sizes, 512
 vmapped runs and a 4,000-step bfloat16 demo, would take far longer than 10 minutes there).
+Every step program is compiled first, several side by side (section `compile`), then each
+is timed alone.
 
 Writes `accelerator_report.json` into `--out` (default: the current folder) with:
   backend, device_kind   what JAX ran on;
-  grokking_step          steps/s of the grokking demo's train step at its batch of 512;
-  small_lm_step          steps/s of the small LM's train step, float32 and bfloat16, its
-                         matrix-product FLOPs per step (common.matmul_flops), FLOP/s and MFU
-                         against the device's peak for that dtype (`PEAKS`; null on a device
-                         not in the table, e.g. any CPU). Both steps are benchmarks.vs_pytorch's
-                         (`BENCHES`, `jax_step`), built as the training loop builds them;
-  vmapped_seeds          the vmapped seed-group step (train.build_programs with num_runs=R,
+  grokking_step          steps/s of the grokking demo's training program (as `grokking.run`
+                         builds it; in the smoke the smoke variant's run, batch 64);
+  small_lm_step          steps/s of the small LM's train step (benchmarks.vs_pytorch's
+                         `BENCHES` and `jax_step`, built as the training loop builds it, in
+                         its multi-step program train.train_steps), float32 and bfloat16.
+                         Each step: its matrix-product FLOPs (common.matmul_flops), FLOP/s and
+                         MFU against the device's peak for its dtype (`PEAKS`; null on a device
+                         not in the table, e.g. any CPU), timed at one step per host call and
+                         at the loop's k steps per call (`steps_per_s_k`, `flop_per_s_k`,
+                         `mfu_k`);
+  vmapped_seeds          the vmapped seed-group program (train.build_programs with num_runs=R,
                          the program `critical_data_size --config.vmap_seeds` trains) for each
-                         R, in run-steps/s against R sequential runs of the single-run step;
+                         R, in run-steps/s against one run's program;
                          and `vmapped_runs`: whole runs through `grokking.run_vmapped` against
                          the same runs one after another through `grokking.run`;
   bf16_demo              a bfloat16 grokking demo: step at which it generalised, seconds;
-  steps_per_call         1: the loop dispatches one step per call; and `notes`.
+  steps_per_call         [1, k]: the steps per host call of the step rates; `section_seconds`
+                         (wall and CPU per section) and `notes`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import json
+import os
 import pathlib
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,13 +53,14 @@ from benchmarks.common import matmul_flops
 from experiments import critical_data_size, grokking
 from phasemix.analysis import transitions
 from phasemix.base import run_io, validation
+from phasemix.training import compilation, optimizer as optimizer_lib, params as params_lib
 from phasemix.training import sharding, train
 
 REPORT_FILE = "accelerator_report.json"
 
 _OUT = flags.DEFINE_string("out", ".", "Folder the report is written to (made if missing).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Small sizes and few steps: a CPU check of the "
-                           "whole command in under 2 minutes.")
+                           "whole command in about 50 CPU-seconds.")
 
 # Dense peak FLOP/s per chip by compute dtype, matched against `device_kind` in this order
 # (first substring that matches). float32: the TF32 tensor-core peak on NVIDIA GPUs, which is
@@ -71,19 +82,21 @@ class Sizes:
     """What each section measures; `full` on an accelerator, `smoke` on a CPU."""
 
     seconds: float  # approximate timing seconds per measured step rate
-    grokking_batch_size: int | None  # of the demo's step; None: the demo's own (512)
     lm_batch_sizes: tuple[int, ...]  # small-LM batch sizes
     run_counts: tuple[int, ...]  # R of the vmapped seed groups
     vmapped_runs: tuple[int, ...]  # R of the whole-run comparison (each also run R times alone)
-    run_steps: int  # steps of each run of that comparison
+    run_steps: int  # steps of each seed-group run (its config; both sweep sections)
     demo_variant: str  # grokking config variant of the bfloat16 demo
+    demo_steps: int | None  # its steps; None: the variant's own
 
 
-FULL = Sizes(seconds=3.0, grokking_batch_size=None, lm_batch_sizes=(64, 512, 4096),
-             run_counts=(1, 8, 64, 256, 512), vmapped_runs=(8,), run_steps=300,
-             demo_variant="")
-SMOKE = Sizes(seconds=0.3, grokking_batch_size=64, lm_batch_sizes=(16,), run_counts=(1, 2, 4),
-              vmapped_runs=(2,), run_steps=10, demo_variant="smoke")
+FULL = Sizes(seconds=3.0, lm_batch_sizes=(64, 512, 4096), run_counts=(1, 8, 64, 256, 512),
+             vmapped_runs=(8,), run_steps=300, demo_variant="", demo_steps=None)
+# Compiling dominates on a CPU (a few seconds a program): few programs, short timings, and
+# the same R in both sweep sections, whose programs are then compiled once; 16 steps, so
+# that the runs call the loop's default 8 steps at a time, as the grokking step is timed.
+SMOKE = Sizes(seconds=0.1, lm_batch_sizes=(16,), run_counts=(2,), vmapped_runs=(2,),
+              run_steps=16, demo_variant="smoke", demo_steps=20)
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:
@@ -94,77 +107,192 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
     return None
 
 
-def rate(step, state, batch, seconds: float) -> float:
-    """Steps/s of a donated-state `step` on one device batch, after two warm-up steps."""
-    runner = vs_pytorch.jax_runner(step, state, batch)
-    runner(2)
-    return vs_pytorch.steps_per_second(runner, seconds)[0]
+class LoopRunner:
+    """Calls a multi-step program (`train.train_steps`: stacked batches, a traced trip count)
+    on one device-resident stack of batches, from the last state it reached (donated)."""
+
+    def __init__(self, steps, state, stacked):
+        self._steps, self._state, self._stacked = steps, state, stacked
+
+    def _call(self, steps_per_call: int):
+        return self._steps(self._state, self._stacked, np.int32(steps_per_call),
+                           np.bool_(False))
+
+    def compiled(self) -> LoopRunner:
+        """Compiles the program (the calls then reuse it): compilations may run side by side
+        in threads, each on a core of its own, where calls are timed one at a time."""
+        self._steps.lower(self._state, self._stacked, np.int32(1), np.bool_(False)).compile()
+        return self
+
+    def rate(self, steps_per_call: int, seconds: float) -> float:
+        """Steps/s at `steps_per_call` steps per host call, after two warm-up calls."""
+
+        def run(calls: int) -> None:
+            for _ in range(calls):
+                self._state, means = self._call(steps_per_call)
+            jax.block_until_ready(means)
+
+        run(2)
+        return steps_per_call * vs_pytorch.steps_per_second(run, seconds)[0]
 
 
-def bench_step(name: str, dtype: str, batch_size: int, seconds: float,
-               device_kind: str) -> dict[str, Any]:
-    """Steps/s, FLOPs, FLOP/s and MFU of `vs_pytorch.BENCHES[name]`'s train step in `dtype`,
-    in as many micro-batch slices as the loop would choose (1 on accelerators)."""
+def side_by_side(fns: list[Callable[[], Any]]) -> list[Any]:
+    """`fn()` of each, in threads on as many cores: XLA compiles a program on one core."""
+    with concurrent.futures.ThreadPoolExecutor(min(len(fns), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda fn: fn(), fns))
+
+
+def loop_steps_per_call() -> int:
+    """k: the steps per host call that the training loop makes by default on this backend."""
+    return train.AUTO_STEPS_PER_CALL.get(jax.default_backend(),
+                                         train.AUTO_STEPS_PER_CALL_ACCELERATOR)
+
+
+# A timed program: the facts of its row (its k steps per call among them) and its runner.
+Program = tuple[dict[str, Any], LoopRunner]
+
+
+def bench_program(name: str, dtype: str, batch_size: int) -> Program:
+    """`vs_pytorch.BENCHES[name]`'s train step in `dtype`, in as many micro-batch slices as
+    the loop would choose (1 on accelerators), inside the loop's multi-step program
+    (`train.train_steps`) for the loop's k steps per call, compiled."""
     base = vs_pytorch.BENCHES[name]
     bench = dataclasses.replace(base, cfg=dataclasses.replace(base.cfg, dtype=dtype))
     batch = vs_pytorch.make_batch(bench, batch_size)
     micro_batches = train.auto_micro_batches(*batch["inputs"].shape, 1)
     step, state, device_batch, num_params = vs_pytorch.jax_step(bench, batch, micro_batches)
-    flops = matmul_flops(step, state, device_batch)
-    steps_per_s = rate(step, state, device_batch, seconds)
-    peak = peak_flops(device_kind, dtype)
-    return {"dtype": dtype, "batch_size": batch_size, "params": num_params,
-            "micro_batches": micro_batches, "steps_per_s": steps_per_s,
-            "flops_per_step": flops, "flop_per_s": steps_per_s * flops,
-            "peak_flop_per_s": peak,
-            "mfu": None if peak is None else steps_per_s * flops / peak}
+    schedule = optimizer_lib.make_schedule(optimizer_lib.default_config(), 10_000)
+    # The step's own function inside: only the outermost jit takes compiler options.
+    steps = jax.jit(functools.partial(train.train_steps, step_fn=step.__wrapped__,
+                                      schedule=schedule), donate_argnums=0,
+                    compiler_options=compilation.compiler_options(jax.default_backend(),
+                                                                  bench.xla_cpu_ynnpack))
+    k = loop_steps_per_call()
+    stacked = jax.tree.map(lambda x: jnp.stack([x] * k), device_batch)
+    facts = {"dtype": dtype, "batch_size": batch_size, "params": num_params,
+             "micro_batches": micro_batches, "steps_per_call_k": k,
+             "flops_per_step": matmul_flops(step, state, device_batch)}
+    return facts, LoopRunner(steps, state, stacked).compiled()
 
 
-def grokking_step(sizes: Sizes, device_kind: str) -> dict[str, Any]:
-    """The demo's train step (its model, float32, its batch size unless `sizes` sets one)."""
-    config = grokking.get_config()
-    return bench_step("grokking", config.model.dtype,
-                      sizes.grokking_batch_size or config.batch_size, sizes.seconds, device_kind)
+def _stacked_batches(task: train.Task, steps_per_call: int) -> dict[str, np.ndarray]:
+    """The task's first batches as one call of the loop's multi-step program takes them."""
+    return jax.tree.map(lambda *xs: np.stack(xs),
+                        *[task.train_batches[i] for i in range(steps_per_call)])
 
 
-def small_lm_step(sizes: Sizes, device_kind: str) -> list[dict[str, Any]]:
-    """The small LM's step per compute dtype and batch size."""
-    return [bench_step("small_lm", dtype, batch_size, sizes.seconds, device_kind)
-            for dtype in ("float32", "bfloat16") for batch_size in sizes.lm_batch_sizes]
-
-
-def seed_group_config(smoke: bool):
-    """The runs a vmapped seed group trains: `critical_data_size`'s base run at 900 train
-    pairs (as benchmarks.sweep_runner), or its smoke base."""
-    if smoke:
-        return critical_data_size.get_config("smoke").base
-    base = critical_data_size.get_config().base
-    base.task.train_count = 900
-    return base
-
-
-def vmapped_seeds(sizes: Sizes, smoke: bool) -> list[dict[str, Any]]:
-    """Run-steps/s of the R-run vmapped step against the single-run step run R times."""
-    base = seed_group_config(smoke)
+def run_program(configs: list, tasks: list[train.Task], vmapped: bool) -> Program:
+    """The multi-step program that `grokking.run` trains the first of `configs` with, or
+    (`vmapped`) all of them as one seed group (train.build_programs with num_runs, the program
+    `critical_data_size --config.vmap_seeds` trains), compiled, on their first batches."""
     mesh = sharding.make_mesh()
-    single = None
-    rows = []
+    if not vmapped:
+        configs, tasks = configs[:1], tasks[:1]
+    config = configs[0]
+    programs = train.build_programs(config, tasks[0], mesh, len(configs) if vmapped else None)
+    k = programs.steps_per_call
+    keys = [jax.random.key(c.seed) for c in configs]
+    state = programs.init(jnp.stack(keys) if vmapped else keys[0])
+    facts: dict[str, Any] = {"steps_per_call_k": k}
+    if not vmapped:  # the facts of a step row
+        batch = sharding.put_batch(tasks[0].train_batches[0], mesh)
+        facts = {"dtype": config.model.dtype, "batch_size": int(batch["inputs"].shape[0]),
+                 "params": params_lib.count_params(state.params),
+                 "micro_batches": train.micro_batches_of(config, tasks[0], mesh.size),
+                 "steps_per_call_k": k,
+                 "flops_per_step": matmul_flops(programs.step, state, batch)}
+    stacked = [_stacked_batches(t, k) for t in tasks]
+    host = jax.tree.map(lambda *xs: np.stack(xs), *stacked) if vmapped else stacked[0]
+    batches = sharding.put_batch(host, mesh, batch_axis=programs.batch_axis + 1)
+    return facts, LoopRunner(programs.steps, state, batches).compiled()
+
+
+def step_row(program: Program, seconds: float, device_kind: str) -> dict[str, Any]:
+    """Steps/s, FLOP/s and MFU at one step per host call and at the program's k (`_k` keys):
+    one program, whose trip count is a traced value, as in the training loop."""
+    facts, runner = program
+    k, flops = facts["steps_per_call_k"], facts["flops_per_step"]
+    peak = peak_flops(device_kind, facts["dtype"])
+    steps_per_s, steps_per_s_k = runner.rate(1, seconds), runner.rate(k, seconds)
+    return {**facts, "peak_flop_per_s": peak,
+            "steps_per_s": steps_per_s, "flop_per_s": steps_per_s * flops,
+            "mfu": None if peak is None else steps_per_s * flops / peak,
+            "steps_per_s_k": steps_per_s_k, "flop_per_s_k": steps_per_s_k * flops,
+            "mfu_k": None if peak is None else steps_per_s_k * flops / peak}
+
+
+def seed_group_configs(sizes: Sizes, smoke: bool, num_runs: int) -> list:
+    """The runs of a vmapped seed group, seeds 0..num_runs-1, `sizes.run_steps` steps each:
+    `critical_data_size`'s base run at 900 train pairs (as benchmarks.sweep_runner), or its
+    smoke base. Both sweep sections train these, so that they compile the same programs."""
+    configs = []
+    for seed in range(num_runs):
+        if smoke:
+            config = critical_data_size.get_config("smoke").base
+        else:
+            config = critical_data_size.get_config().base
+            config.task.train_count = 900
+        config.seed = seed
+        config.num_steps = sizes.run_steps
+        config.eval_every = max(1, sizes.run_steps // 2)
+        config.checkpoint_every = sizes.run_steps
+        configs.append(config)
+    return configs
+
+
+@dataclasses.dataclass
+class Prepared:
+    """The programs of the timed step sections, compiled."""
+
+    grokking: Program
+    small_lm: list[Program]  # per compute dtype and batch size
+    single_run: Program  # one run of the seed groups: their sequential baseline
+    seed_groups: dict[int, Program]  # R -> R runs vmapped
+
+
+def prepare(sizes: Sizes, smoke: bool) -> Prepared:
+    """Every program the step sections time, compiled side by side (a program compiles on
+    one core; the timings then run one at a time): the grokking step, the small LM's per
+    compute dtype and batch size, one seed-group run and each R-run seed group.
+
+    The grokking step is the demo's run; in the smoke, the seed groups' run (the smoke
+    variant's), whose program the sweep sections compile anyway."""
+    groups = {}
     for num_runs in sizes.run_counts:
-        configs = [base.copy_and_resolve_references() for _ in range(num_runs)]
-        for seed, config in enumerate(configs):
-            config.seed = seed
-        tasks = [grokking.make_task(c, jax.device_count()) for c in configs]
-        if single is None:  # the sequential baseline: one run's step, as `grokking.run` has it
-            programs = train.build_programs(base, tasks[0], mesh)
-            batch = sharding.put_batch(tasks[0].train_batches[0], mesh)
-            single = rate(programs.step, programs.init(jax.random.key(0)), batch,
-                          sizes.seconds)
-        programs = train.build_programs(base, tasks[0], mesh, num_runs)
-        stacked = jax.tree.map(lambda *xs: np.stack(xs), *[t.train_batches[0] for t in tasks])
-        batch = sharding.put_batch(stacked, mesh, batch_axis=programs.batch_axis)
-        state = programs.init(jnp.stack([jax.random.key(c.seed) for c in configs]))
-        steps_per_s = rate(programs.step, state, batch, sizes.seconds)
-        rows.append({"runs": num_runs, "vmapped_steps_per_s": steps_per_s,
+        configs = seed_group_configs(sizes, smoke, num_runs)
+        groups[num_runs] = (configs, [grokking.make_task(c, jax.device_count())
+                                      for c in configs])
+
+    def small_lm() -> list[Program]:
+        # One after another: their dtypes share one initialisation program (the parameters
+        # are float32 in both), which the second then finds in the compilation cache.
+        return [bench_program("small_lm", dtype, batch_size)
+                for dtype in ("float32", "bfloat16") for batch_size in sizes.lm_batch_sizes]
+
+    jobs = {"small_lm": small_lm,
+            "single_run": functools.partial(run_program, *groups[sizes.run_counts[0]], False)}
+    if not smoke:
+        demo = grokking.get_config()
+        jobs["grokking"] = functools.partial(
+            run_program, [demo], [grokking.make_task(demo, jax.device_count())], False)
+    jobs.update({f"group_{r}": functools.partial(run_program, *group, True)
+                 for r, group in groups.items()})
+    done = dict(zip(jobs, side_by_side(list(jobs.values()))))
+    return Prepared(grokking=done.get("grokking", done["single_run"]),
+                    small_lm=done["small_lm"], single_run=done["single_run"],
+                    seed_groups={r: done[f"group_{r}"] for r in groups})
+
+
+def vmapped_seeds(prepared: Prepared, seconds: float) -> list[dict[str, Any]]:
+    """Run-steps/s of R runs vmapped against one run's, each dispatched as the training loop
+    dispatches it (its multi-step program at its steps per call)."""
+    facts, runner = prepared.single_run
+    single = runner.rate(facts["steps_per_call_k"], seconds)
+    rows = []
+    for num_runs, (facts, runner) in prepared.seed_groups.items():
+        k = facts["steps_per_call_k"]
+        steps_per_s = runner.rate(k, seconds)
+        rows.append({"runs": num_runs, "steps_per_call": k, "vmapped_steps_per_s": steps_per_s,
                      "vmapped_run_steps_per_s": num_runs * steps_per_s,
                      "sequential_run_steps_per_s": single,
                      "speedup": num_runs * steps_per_s / single})
@@ -176,14 +304,7 @@ def vmapped_runs(sizes: Sizes, smoke: bool, folder: pathlib.Path) -> list[dict[s
     `grokking.run_vmapped` in one program, and the same R one after another."""
     rows = []
     for num_runs in sizes.vmapped_runs:
-        configs = []
-        for seed in range(num_runs):
-            config = seed_group_config(smoke)
-            config.seed = seed
-            config.num_steps = sizes.run_steps
-            config.eval_every = max(1, sizes.run_steps // 2)
-            config.checkpoint_every = sizes.run_steps
-            configs.append(config)
+        configs = seed_group_configs(sizes, smoke, num_runs)
         start = time.perf_counter()
         grokking.run_vmapped(configs, [str(folder / f"vmapped_{num_runs}" / str(c.seed))
                                        for c in configs])
@@ -201,6 +322,7 @@ def bf16_demo(sizes: Sizes, folder: pathlib.Path) -> dict[str, Any]:
     """The grokking demo (or its smoke variant) in bfloat16, timed from its own metrics."""
     config = grokking.get_config(sizes.demo_variant)
     config.model.dtype = "bfloat16"
+    config.num_steps = sizes.demo_steps or config.num_steps
     start = time.perf_counter()
     summary = grokking.run(config, str(folder / "bf16_demo"))
     process_seconds = time.perf_counter() - start
@@ -229,25 +351,42 @@ def measure(smoke: bool) -> dict[str, Any]:
     cpu_start = time.process_time()
     with tempfile.TemporaryDirectory(prefix="accelerator_") as tmp:
         folder = pathlib.Path(tmp)
-        for name, fn in (("grokking_step", lambda: grokking_step(sizes, device.device_kind)),
-                         ("small_lm_step", lambda: small_lm_step(sizes, device.device_kind)),
-                         ("vmapped_seeds", lambda: vmapped_seeds(sizes, smoke)),
-                         ("vmapped_runs", lambda: vmapped_runs(sizes, smoke, folder)),
-                         ("bf16_demo", lambda: bf16_demo(sizes, folder))):
+        if not jax.config.jax_compilation_cache_dir:
+            # A program two sections compile alike (the sweep sections' runs) compiles once;
+            # a cache of this run's own, so that every run starts cold.
+            jax.config.update("jax_compilation_cache_dir", str(folder / "xla"))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        kind = device.device_kind
+
+        def timed(name: str, fn: Callable[[], Any]) -> Any:
             section_start, section_cpu = time.perf_counter(), time.process_time()
             print(f"{name} ...", file=sys.stderr, flush=True)
-            report[name] = fn()
+            result = fn()
             sections[name] = {"wall": time.perf_counter() - section_start,
                               "cpu": time.process_time() - section_cpu}
-    report["steps_per_call"] = 1
+            return result
+
+        prepared = timed("compile", lambda: prepare(sizes, smoke))
+        report["grokking_step"] = timed("grokking_step", lambda: step_row(
+            prepared.grokking, sizes.seconds, kind))
+        report["small_lm_step"] = timed("small_lm_step", lambda: [
+            step_row(p, sizes.seconds, kind) for p in prepared.small_lm])
+        report["vmapped_seeds"] = timed("vmapped_seeds",
+                                        lambda: vmapped_seeds(prepared, sizes.seconds))
+        report["vmapped_runs"] = timed("vmapped_runs",
+                                       lambda: vmapped_runs(sizes, smoke, folder))
+        report["bf16_demo"] = timed("bf16_demo", lambda: bf16_demo(sizes, folder))
+    report["steps_per_call"] = [1, loop_steps_per_call()]
     report["section_seconds"] = sections
     report["total_seconds"] = time.perf_counter() - start
     # Of this process, all its threads: on a machine shared with other jobs, wall seconds
     # grow with the load and CPU seconds do not.
     report["total_cpu_seconds"] = time.process_time() - cpu_start
     report["notes"] = [
-        "steps_per_call is 1: the training loop dispatches one jitted step per Python call "
-        "(no multi-step dispatch yet), so host overhead per step is in every steps/s here.",
+        "Every step rate is of the training loop's multi-step program (train.train_steps) on "
+        "device-resident batches: grokking_step and small_lm_step at steps_per_call 1 (one "
+        "step per Python call, its host overhead in every step) and at k (`_k` keys, the "
+        "loop's default on this backend); vmapped_seeds at the steps per call its runs take.",
         "FLOPs per step are the matrix products of the jitted train step (forward and "
         "backward, attention included; benchmarks.common.matmul_flops); MFU = FLOP/s / the "
         "device's dense peak for the step's compute dtype (PEAKS in benchmarks/accelerator.py; "

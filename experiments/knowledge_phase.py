@@ -171,7 +171,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                            "predicted_csv", "must be a predict mode's table, read by the size "
                            "mode", config.predicted_csv)
     if config.web_sweep is not None:
-        validation.require((pathlib.Path(config.web_sweep) / sweep.RESULTS_FILE).is_file(),
+        validation.require((run_io.run_path(config.web_sweep) / sweep.RESULTS_FILE).is_file(),
                            "web_sweep", "has no results.csv: run the :web sweep there first",
                            config.web_sweep)
         try:  # fails here, before the sweep trains, if that table is not one
@@ -179,7 +179,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         except ValueError as e:  # e.g. a NaN or negative loss the web law cannot fit
             if isinstance(e, validation.ConfigError):
                 raise
-            validation.fail("web_sweep", f"{pathlib.Path(config.web_sweep) / sweep.RESULTS_FILE}"
+            validation.fail("web_sweep", f"{run_io.run_path(config.web_sweep) / sweep.RESULTS_FILE}"
                             f" cannot be fitted by the web law: {e}", config.web_sweep)
 
 

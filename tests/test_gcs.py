@@ -9,6 +9,7 @@ gcsfs (behind etils.epath) by STORAGE_EMULATOR_HOST, TensorStore by TENSORSTORE_
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import json
 import os
@@ -272,3 +273,93 @@ def test_checkpoints_in_the_bucket_restore_state_and_data_position(in_bucket):
     resumed.close()
     np.testing.assert_array_equal(state["w"], [3.0, 3.0, 3.0])
     assert next(fresh) == 3  # three items were drawn before the checkpoint
+
+
+# A run's own files, under its folder (fnmatch patterns: `*` also matches `/`).
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard/events.out.tfevents.*",
+             "checkpoints/*/commit_success.txt")
+SWEEP_FILES = ("config.json", "summary.json", "results.csv",
+               *(f"runs/*/{name}" for name in RUN_FILES))
+FEW_STEPS = ("--config.num_steps=4", "--config.eval_every=2", "--config.checkpoint_every=4")
+FEW_BASE_STEPS = tuple(flag.replace("--config.", "--config.base.") for flag in FEW_STEPS)
+
+
+def _web_sweep_table() -> None:
+    """A finished :web sweep's table in the bucket, for the size sweep's --config.web_sweep."""
+    from phasemix.analysis import capacity
+    from phasemix.runs import sweep
+
+    law = capacity.WebLaw(C=3.0, A=40.0, alpha=0.3)
+    sweep.write_table([{"model.preset": p, "seed": 0, "ratio": 0.0, "bio_accuracy": 0.0,
+                        "non_embedding_params": n, "web_val_loss": float(law.loss(n)),
+                        "tokens_per_bio": 100.0, "params": 8 * n}
+                       for p, n in (("a", 2e4), ("b", 6e4), ("c", 2e5))],
+                      sweep.run_io.run_path("gs://bucket/web") / sweep.RESULTS_FILE)
+
+
+def _curves() -> pathlib.Path:
+    from phasemix.data import published_curves
+
+    return published_curves.DEFAULT_CURVES
+
+
+# experiment, config variant, flags, files its gs:// workdir must hold, what to put in the
+# bucket first. Each trains as few steps as its smoke config allows.
+EXPERIMENTS = [
+    pytest.param("grokking", "smoke", FEW_STEPS, (*RUN_FILES, "curves.png"), None,
+                 id="grokking"),
+    pytest.param("sentiment_grokking", "smoke", FEW_STEPS,
+                 (*RUN_FILES, "curves.png", "classifier_weights.png", "snapshots/4.npz"), None,
+                 id="sentiment_grokking", marks=pytest.mark.slow),
+    pytest.param("knowledge_mixing", "smoke", FEW_STEPS,
+                 (*RUN_FILES, "knowledge_curves.png", "people.csv", "samples.json",
+                  "tokenizer.json"), None, id="knowledge_mixing", marks=pytest.mark.slow),
+    pytest.param("critical_data_size", "smoke",
+                 ("--config.train_counts=(100,300)", "--config.seeds=(0,)", *FEW_BASE_STEPS),
+                 (*SWEEP_FILES, "runs/*/curves.png", "per_size.csv", "accuracy_by_size.png",
+                  "steps_vs_size.png", "pca_subsets.png"), None,
+                 id="critical_data_size", marks=pytest.mark.slow),
+    pytest.param("knowledge_capacity", "smoke", ("--config.people_per_preset=((20,),)",),
+                 (*SWEEP_FILES, "runs/*/people.csv", "capacity.csv", "analysis.csv",
+                  "learned_bits.png"), None, id="knowledge_capacity", marks=pytest.mark.slow),
+    pytest.param("knowledge_phase", "size_smoke",
+                 ('--config.presets=("tiny-16",)', "--config.ratios=(1.0,)",
+                  "--config.web_sweep=gs://bucket/web", *FEW_BASE_STEPS),
+                 (*SWEEP_FILES, "runs/*/people.csv", "analysis.csv", "accuracy_vs_size.png",
+                  "critical_ratio_vs_size.png"), _web_sweep_table,
+                 id="knowledge_phase", marks=pytest.mark.slow),
+    pytest.param("bimix", "smoke", (),
+                 (*SWEEP_FILES, "runs/*/curves.png", "domains.csv", "fits.csv",
+                  "comparison.csv", "predicted_vs_measured.png", "strategies.png"), None,
+                 id="bimix", marks=pytest.mark.slow),
+    pytest.param("bimix_fit", "smoke", (),
+                 ("config.json", "summary.json", "table.csv", "predictions.csv",
+                  "optimal_mixtures.json", "predicted_vs_measured.png"), None,
+                 id="bimix_fit", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("name,variant,flags,files,before", EXPERIMENTS)
+def test_every_experiment_writes_its_outputs_into_the_bucket(in_bucket, tmp_path, name,
+                                                             variant, flags, files, before):
+    if name == "bimix_fit":
+        if not _curves().exists():
+            pytest.skip(f"the published 5-mix curves are not at {_curves()}")
+        flags = (*flags, f"--curves={_curves()}")
+    if before is not None:
+        before()
+    # The config path is relative to the repository; the cwd is the fixture's empty folder.
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-m", f"experiments.{name}",
+         f"--config=experiments/{name}.py:{variant}", f"--workdir=gs://bucket/{name}", *flags],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"outputs in gs://bucket/{name}" in proc.stdout
+    objects = [n[len(name) + 1:] for n in in_bucket.objects(f"{name}/")]
+    missing = [p for p in files if not any(fnmatch.fnmatch(n, p) for n in objects)]
+    assert not missing, (missing, sorted(objects))
+    assert json.loads(in_bucket.read(f"{name}/summary.json"))  # whole, and not empty
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments"]  # no `gs:` folder

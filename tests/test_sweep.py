@@ -197,6 +197,84 @@ def test_each_worker_runs_on_its_own_cpus(tmp_path):
     assert {str(r["cpus"]) for r in rows} == shares  # both workers ran, each on its own share
 
 
+def environment_run(config, workdir):
+    """`fake_run`, with the memory variables its process started with in the summary."""
+    from phasemix.base import run_io
+
+    summary = {**fake_run(config, workdir),
+               **{name: os.environ.get(name, "unset")
+                  for name in (sweep.MEMORY_FRACTION, sweep.PREALLOCATE)}}
+    run_io.write_json_atomic(pathlib.Path(workdir) / "summary.json", summary)
+    return summary
+
+
+def test_workers_get_an_equal_share_of_the_accelerator_memory_or_the_users():
+    share = sweep.worker_environment
+    assert share(2, "gpu", {}) == {sweep.MEMORY_FRACTION: "0.45"}
+    assert share(3, None, {}) == {sweep.MEMORY_FRACTION: "0.3"}
+    assert share(2, "gpu", {sweep.MEMORY_FRACTION: "0.5"}) == {}  # the user's, respected
+    with pytest.raises(validation.ConfigError, match=r"^--config.workers=3: "
+                       r"XLA_PYTHON_CLIENT_MEM_FRACTION=0.4 gives each worker .* set it to at "
+                       r"most 0.333, or unset it \(each worker then gets 0.3\)$"):
+        share(3, "gpu", {sweep.MEMORY_FRACTION: "0.4"})
+    with pytest.raises(validation.ConfigError, match=r"^--config.workers=2: "
+                       r"XLA_CLIENT_MEM_FRACTION=0.6 gives"):  # jaxlib's newer name
+        share(2, None, {"XLA_CLIENT_MEM_FRACTION": "0.6"})
+    assert share(2, "cpu", {sweep.MEMORY_FRACTION: "0.75"}) == {}  # no effect on a CPU
+    with pytest.raises(validation.ConfigError, match=r"^--config.workers=2: must be 1 on a TPU"):
+        share(2, "tpu", {})
+    assert share(1, "tpu", {}) == {sweep.MEMORY_FRACTION: "0.9"}
+
+
+def test_a_sweep_process_with_workers_does_not_preallocate_but_its_workers_do(monkeypatch):
+    monkeypatch.setattr(sweep, "_preallocate_turned_off", False)
+    config = critical_data_size.get_config()
+    assert config.workers == 2
+    monkeypatch.setenv(sweep.PREALLOCATE, "true")  # the user's: left alone
+    sweep.keep_memory_for_workers(config)
+    assert os.environ[sweep.PREALLOCATE] == "true" and sweep.worker_environment(2, "gpu", {}) == {
+        sweep.MEMORY_FRACTION: "0.45"}
+    monkeypatch.delenv(sweep.PREALLOCATE)
+    for trains_here in (critical_data_size.get_config("smoke"),  # workers=1
+                        critical_data_size.get_config().copy_and_resolve_references()):
+        trains_here.vmap_seeds = trains_here.workers > 1  # seed groups train in this process
+        sweep.keep_memory_for_workers(trains_here)
+        assert sweep.PREALLOCATE not in os.environ
+    sweep.keep_memory_for_workers(config)
+    assert os.environ[sweep.PREALLOCATE] == "false"
+    assert sweep.worker_environment(2, "gpu", {}) == {sweep.PREALLOCATE: None,
+                                                      sweep.MEMORY_FRACTION: "0.45"}
+
+
+def test_more_than_one_worker_on_a_tpu_is_refused_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "backend_platform", lambda: "tpu")
+    config = critical_data_size.get_config("smoke")
+    config.workers = 2
+    with pytest.raises(validation.ConfigError, match=r"^--config.workers=2: must be 1 on a TPU"):
+        critical_data_size.run(config, str(tmp_path))
+    assert not (tmp_path / "runs").exists()
+    # Vmapped seed groups train in this process: the number of workers does not matter.
+    config.vmap_seeds = True
+    monkeypatch.setattr(sweep, "_check_writable", lambda folder: validation.fail(
+        "workdir", "checked after the workers"))
+    with pytest.raises(validation.ConfigError, match="checked after the workers"):
+        critical_data_size.run(config, str(tmp_path))
+
+
+def test_each_spawned_worker_starts_with_its_memory_share(tmp_path, monkeypatch):
+    monkeypatch.delenv(sweep.MEMORY_FRACTION, raising=False)
+    monkeypatch.delenv("XLA_CLIENT_MEM_FRACTION", raising=False)
+    # As `keep_memory_for_workers` leaves the sweep's own process: not preallocating.
+    monkeypatch.setenv(sweep.PREALLOCATE, "false")
+    monkeypatch.setattr(sweep, "_preallocate_turned_off", True)
+    rows = sweep.run_sweep(grokking.get_config("smoke"), sweep.grid({"seed": [0, 1]}), tmp_path,
+                           environment_run, workers=2)
+    assert [(r[sweep.MEMORY_FRACTION], r[sweep.PREALLOCATE]) for r in rows] == [
+        ("0.45", "unset")] * 2
+    assert sweep.MEMORY_FRACTION not in os.environ  # the sweep's own process is unchanged
+    assert os.environ[sweep.PREALLOCATE] == "false"
+
+
 def late_reporting_run(config, workdir):
     """`fake_run`, returning only once both runs' summaries are on disk: whichever worker
     reports first, the other run's summary is already there to be picked up."""

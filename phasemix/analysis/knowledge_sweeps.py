@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from phasemix.base import plotting, results_table, validation
+from phasemix.base import plotting, results_table, run_io, validation
 from phasemix.data import synbio
 from phasemix.analysis import capacity, knowledge_prediction, transitions
 
@@ -95,7 +95,7 @@ def sharpness(points: list[dict[str, Any]], x_key: str, low: float = 0.1,
 
 def load_knapsack(config: ml_collections.ConfigDict) -> tuple[capacity.WebLaw, dict[str, Any]]:
     """The web law fitted on the :web sweep at `config.web_sweep`, and its facts."""
-    path = pathlib.Path(config.web_sweep) / results_table.RESULTS_FILE
+    path = run_io.run_path(config.web_sweep) / results_table.RESULTS_FILE
     needed = ("model.preset", "seed", ACCURACY, config.param_count, "web_val_loss",
               "tokens_per_bio")
     try:

@@ -46,7 +46,7 @@ class Launch:
         return self.source != "single"
 
 
-def _on_tpu_vm() -> bool:
+def on_tpu_vm() -> bool:
     # What JAX itself checks for a Cloud TPU VM: libtpu installed and TPU chips visible.
     return importlib.util.find_spec("libtpu") is not None and bool(
         glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
@@ -85,7 +85,7 @@ def detect(coordinator_address: str | None = None, num_processes: int | None = N
                 "`srun` (see launch/README.md), or pass --distributed=off for one process")
         # JAX derives the coordinator (first node, a port from the job id) from SLURM's variables.
         return Launch("slurm", None, int(tasks), int(environ["SLURM_PROCID"]))
-    if _on_tpu_vm():
+    if on_tpu_vm():
         return Launch("tpu")  # JAX reads the worker list from the TPU VM's metadata
     return Launch()
 

@@ -262,10 +262,12 @@ def main(run: RunFn, config_file: str, default_workdir: str, sweep: bool = False
         try:
             validation.require_seeds(config)
             validation.require_cache_dirs(config)
-            _start_distributed()
             if sweep:
                 from phasemix.runs import sweep as sweep_lib
 
+                sweep_lib.keep_memory_for_workers(config)
+            _start_distributed()
+            if sweep:
                 summary = run(config, workdir, shard=sweep_lib.parse_shard(flags.FLAGS.shard))
             else:
                 summary = run(config, workdir)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pathlib
 import time
 from typing import Any
 
@@ -290,7 +289,7 @@ def _per_person(workdir: str, person_right: np.ndarray, person_asked: np.ndarray
     if distributed.is_primary():
         sweep.write_table([{"person": int(p), "exposures": int(e), "accuracy": float(a)}
                            for p, e, a in zip(people, exposures, accuracy)],
-                          pathlib.Path(workdir) / PEOPLE_FILE)
+                          run_io.run_path(workdir) / PEOPLE_FILE)
     if exposures.max() < 2 * max(exposures.min(), 1):
         return {"threshold_exposures": None}
     mean_x, mean_y, _ = transitions.binned_means(exposures, accuracy)

@@ -17,6 +17,7 @@ with every run finished so far, by any of them, so that it ends as the unsharded
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import ml_collections
 from absl import logging
@@ -185,6 +186,90 @@ def worker_cpus(workers: int) -> list[set[int] | None]:
             for i in range(workers)]
 
 
+# JAX's share of an accelerator's memory that each process preallocates (JAX's default: 0.75,
+# so two processes on one GPU run out of memory); jaxlib also reads the newer name.
+MEMORY_FRACTION = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+_MEMORY_FRACTION_NAMES = (MEMORY_FRACTION, "XLA_CLIENT_MEM_FRACTION")
+PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
+WORKERS_MEMORY = 0.9  # of an accelerator's memory, split equally between the workers
+_preallocate_turned_off = False  # by `keep_memory_for_workers`, in this process only
+
+
+def keep_memory_for_workers(config: ml_collections.ConfigDict) -> None:
+    """Keeps a sweep's process that only hands runs to worker processes (`config.workers` > 1,
+    seeds not vmapped) from taking an accelerator's memory: JAX preallocates 75% of a GPU when
+    its backend starts, which an experiment's checks do (a device count), and the workers
+    would find too little left. Call it before anything starts a backend; the workers
+    preallocate their own shares again."""
+    global _preallocate_turned_off
+    in_workers = config.get("workers", 1) > 1 and not config.get("vmap_seeds", False)
+    if in_workers and PREALLOCATE not in os.environ:
+        os.environ[PREALLOCATE] = "false"
+        _preallocate_turned_off = True
+
+
+def backend_platform() -> str | None:
+    """The platform JAX runs on here, found without starting a backend (on a GPU that would
+    preallocate its memory in this process): the started backend's, else the first of
+    JAX_PLATFORMS, else 'tpu' on a TPU VM; None where it is not known (a GPU or the CPU)."""
+    import jax
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        return jax.default_backend()
+    if jax.config.jax_platforms:
+        return jax.config.jax_platforms.split(",")[0].strip().lower()
+    return "tpu" if distributed.on_tpu_vm() else None
+
+
+def worker_environment(workers: int, platform: str | None = None,
+                       environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """The variables each of `workers` processes on one machine starts with, on top of this
+    process's (None: unset): an equal share of the accelerator's memory, unless the user set
+    one (respected if the workers fit in it). A TPU's chips cannot be shared between processes:
+    more than one worker is refused there."""
+    environ = os.environ if environ is None else environ
+    if workers > 1 and platform == "tpu":
+        validation.fail("workers", "must be 1 on a TPU, whose chips one process takes whole; "
+                        "use --shard=i/n over TPU VMs, or vmapped seed groups", workers)
+    env: dict[str, str | None] = {PREALLOCATE: None} if _preallocate_turned_off else {}
+    given = next((name for name in _MEMORY_FRACTION_NAMES if environ.get(name)), None)
+    if given is None:
+        return {**env, MEMORY_FRACTION: f"{WORKERS_MEMORY / workers:.3g}"}
+    try:
+        fraction = float(environ[given])
+    except ValueError:
+        fraction = float("nan")
+    # On the CPU the variable has no effect: no reason to refuse.
+    if platform != "cpu" and not fraction * workers <= 1:
+        validation.fail("workers", f"{given}={environ[given]} gives each worker that share of "
+                        f"the accelerator's memory, more than all of it for {workers} workers; "
+                        f"set it to at most {1 / workers:.3g}, or unset it (each worker then "
+                        f"gets {WORKERS_MEMORY / workers:.3g})", workers)
+    return env
+
+
+@contextlib.contextmanager
+def _environment(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """`changes` applied to this process's environment meanwhile: a spawned process starts
+    with the environment of the process that starts it, before its first import."""
+    before = {name: os.environ.get(name) for name in changes}
+    try:
+        for name, value in changes.items():
+            _set_variable(name, value)
+        yield
+    finally:
+        for name, value in before.items():
+            _set_variable(name, value)
+
+
+def _set_variable(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 def _worker_loop(connection: multiprocessing.connection.Connection, parent_pid: int,
                  cpus: set[int] | None) -> None:
     """Trains the runs the sweep sends, one at a time, until it sends None. A preempted run
@@ -230,12 +315,14 @@ def _run_in_workers(todo: list[tuple[str, ml_collections.ConfigDict]], run_fn: R
     finished = False
     previous_handler = _stop_on_sigterm()
     try:
-        for cpus in worker_cpus(min(workers, len(todo))):
-            ours, theirs = context.Pipe()
-            process = context.Process(target=_worker_loop, args=(theirs, os.getpid(), cpus))
-            process.start()
-            theirs.close()  # so that the worker's death reads as end-of-file here
-            started.append((ours, process))
+        count = min(workers, len(todo))
+        with _environment(worker_environment(count, backend_platform())):
+            for cpus in worker_cpus(count):
+                ours, theirs = context.Pipe()
+                process = context.Process(target=_worker_loop, args=(theirs, os.getpid(), cpus))
+                process.start()
+                theirs.close()  # so that the worker's death reads as end-of-file here
+                started.append((ours, process))
         queued, idle = list(todo), list(started)
         busy: dict[multiprocessing.connection.Connection, tuple[str, Any]] = {}
         while queued or busy:
@@ -334,6 +421,8 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     if workers > 1 and distributed.is_multi_process():
         validation.fail("workers", "must be 1 in a multi-process job, whose processes train "
                         "each run together; use --shard to spread runs over jobs", workers)
+    if workers > 1 and group_fn is None:  # refused before any run if the workers cannot
+        worker_environment(workers, backend_platform())  # share the accelerator
     sweep_dir = run_io.run_path(sweep_dir)  # a local folder or a bucket's gs://... path
     runs = []
     for override in overrides:

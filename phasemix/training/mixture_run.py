@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pathlib
 from typing import Any
 
 import grain
@@ -173,6 +172,6 @@ def _plot_run(config: ml_collections.ConfigDict, workdir: str) -> None:
         name = key[len("valid_"):-len("_loss")]
         label = f"{name} ({shares[name]:g})" if name in shares else name
         curves[label] = [{"step": r["step"], "loss": r[key]} for r in rows if key in r]
-    plotting.curves_by_group(curves, "loss", pathlib.Path(workdir) / "curves.png",
+    plotting.curves_by_group(curves, "loss", run_io.run_path(workdir) / "curves.png",
                              "Validation loss per domain", "domain (mixture share)",
                              "validation loss", log_y=True)
