@@ -40,6 +40,7 @@ AGGREGATE_TABLES = (
     "grokking/cds_points.csv",
     "grokking/cds_model_fine_widths.csv",
     "grokking/cds_fit.csv",
+    "grokking/cds_predictions.csv",
     "grokking/critical_data_size.csv",
     "grokking/critical_data_size_model.csv",
     "grokking/measurements.csv",
