@@ -14,9 +14,10 @@ Writes `accelerator_report.json` into `--out` (default: the current folder) with
                          against the device's peak for that dtype (`PEAKS`; null on a device
                          not in the table, e.g. any CPU). Both steps are benchmarks.vs_pytorch's
                          (`BENCHES`, `jax_step`), built as the training loop builds them;
-  vmapped_seeds          the vmapped seed-group step (train.build_programs with num_runs=R,
-                         the program `critical_data_size --config.vmap_seeds` trains) for each
-                         R, in run-steps/s against R sequential runs of the single-run step;
+  vmapped_seeds          the step of a vmapped group of seeds (train.build_programs with
+                         num_runs=R, a program `critical_data_size --config.vmap_runs` trains)
+                         for each R, in run-steps/s against R sequential runs of the single-run
+                         step;
                          and `vmapped_runs`: whole runs through `grokking.run_vmapped` against
                          the same runs one after another through `grokking.run`;
   bf16_demo              a bfloat16 grokking demo: step at which it generalised, seconds;
@@ -73,7 +74,7 @@ class Sizes:
     seconds: float  # approximate timing seconds per measured step rate
     grokking_batch_size: int | None  # of the demo's step; None: the demo's own (512)
     lm_batch_sizes: tuple[int, ...]  # small-LM batch sizes
-    run_counts: tuple[int, ...]  # R of the vmapped seed groups
+    run_counts: tuple[int, ...]  # R of the vmapped groups of seeds
     vmapped_runs: tuple[int, ...]  # R of the whole-run comparison (each also run R times alone)
     run_steps: int  # steps of each run of that comparison
     demo_variant: str  # grokking config variant of the bfloat16 demo
@@ -162,8 +163,10 @@ def vmapped_seeds(sizes: Sizes, smoke: bool) -> list[dict[str, Any]]:
         programs = train.build_programs(base, tasks[0], mesh, num_runs)
         stacked = jax.tree.map(lambda *xs: np.stack(xs), *[t.train_batches[0] for t in tasks])
         batch = sharding.put_batch(stacked, mesh, batch_axis=programs.batch_axis)
-        state = programs.init(jnp.stack([jax.random.key(c.seed) for c in configs]))
-        steps_per_s = rate(programs.step, state, batch, sizes.seconds)
+        hparams = sharding.put_replicated(train.stacked_hyperparameters(configs), mesh)
+        state = programs.init(jnp.stack([jax.random.key(c.seed) for c in configs]), hparams)
+        steps_per_s = rate(lambda s, b: programs.step(s, b, hparams), state, batch,
+                           sizes.seconds)
         rows.append({"runs": num_runs, "vmapped_steps_per_s": steps_per_s,
                      "vmapped_run_steps_per_s": num_runs * steps_per_s,
                      "sequential_run_steps_per_s": single,

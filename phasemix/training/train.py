@@ -7,6 +7,10 @@ workdir resumes from the last checkpoint; SIGTERM saves a checkpoint before exit
 Several processes (`phasemix.base.distributed`) run the same loop over one mesh of all their
 devices: each feeds its rows of every batch, all save the checkpoint together, and process 0
 alone writes metrics, summaries and figures. A checkpoint resumes on any number of processes.
+
+`train_and_evaluate_vmapped` trains a group of runs as one vmapped program: runs that differ in
+seed, learning rate, weight decay, init scale (`VMAPPED_FIELDS`, fed to the program as arrays
+with a run axis) or in the data their tasks hold, each with its own workdir and checkpoints.
 """
 
 from __future__ import annotations
@@ -315,24 +319,110 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+# The config fields whose values the runs of one vmapped program may each have their own of
+# (besides the data each run's task holds): `hyperparameters` turns them into program inputs.
+VMAPPED_FIELDS = ("seed", "opt.lr", "opt.weight_decay", "model.init_scale")
+
+
+def hyperparameters(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """A run's numbers that its programs take as inputs, not as constants of their code: the
+    peak learning rate, the weight decay and the init scale (the seed enters as the key)."""
+    return {"lr": config.opt.lr, "weight_decay": config.opt.weight_decay,
+            "init_scale": config.model.init_scale}
+
+
+def stacked_hyperparameters(configs: list[ml_collections.ConfigDict]) -> dict[str, np.ndarray]:
+    """Every run's `hyperparameters`, float32 with a leading run axis (a vmapped program's)."""
+    per_run = [hyperparameters(c) for c in configs]
+    return {k: np.asarray([h[k] for h in per_run], np.float32) for k in per_run[0]}
+
+
+def _optimizer_of(config: ml_collections.ConfigDict, hparams: dict[str, Any]
+                  ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW and its schedule with `hparams`' numbers: Python numbers for one run (the same
+    program as `optimizer.make_optimizer(config.opt, ...)`), traced scalars under vmap."""
+    lr, num_steps = hparams["lr"], config.num_steps
+    return (optimizer_lib.make_optimizer(config.opt, num_steps, lr, hparams["weight_decay"]),
+            optimizer_lib.make_schedule(config.opt, num_steps, lr))
+
+
+def _init_run(key: jax.Array, hparams: dict[str, Any], *, config: ml_collections.ConfigDict,
+              **kwargs) -> TrainState:
+    optimizer, _ = _optimizer_of(config, hparams)
+    return init_state(key, optimizer=optimizer, init_scale=hparams["init_scale"], **kwargs)
+
+
+def _step_run(state: TrainState, batch: dict[str, jax.Array], hparams: dict[str, Any], *,
+              config: ml_collections.ConfigDict, **kwargs) -> tuple[TrainState, dict[str, Any]]:
+    optimizer, _ = _optimizer_of(config, hparams)
+    return train_step(state, batch, optimizer=optimizer, **kwargs)
+
+
+def _steps_run(state: TrainState, batches: dict[str, jax.Array], num_steps: jax.Array,
+               new_window: jax.Array, hparams: dict[str, Any], *,
+               config: ml_collections.ConfigDict, **kwargs) -> tuple[TrainState, dict[str, Any]]:
+    optimizer, schedule = _optimizer_of(config, hparams)
+    step_fn = functools.partial(train_step, optimizer=optimizer, **kwargs)
+    return train_steps(state, batches, num_steps, new_window, step_fn=step_fn, schedule=schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunFunctions:
+    """One run's pure functions before jit; init, step and steps take its `hyperparameters`
+    as their last argument."""
+
+    init: Callable
+    step: Callable
+    steps: Callable
+    evaluate: Callable
+    norms: Callable
+
+    def bound(self, hparams: dict[str, float]) -> _RunFunctions:
+        """With one run's numbers fixed: constants of the compiled programs."""
+        return dataclasses.replace(self, **{name: functools.partial(
+            getattr(self, name), hparams=hparams) for name in ("init", "step", "steps")})
+
+    def vmapped(self) -> _RunFunctions:
+        """Over a leading run axis of every argument, bar the steps' shared trip count and
+        window flag."""
+        return _RunFunctions(init=jax.vmap(self.init), step=jax.vmap(self.step),
+                             steps=jax.vmap(self.steps, in_axes=(0, 0, None, None, 0)),
+                             evaluate=jax.vmap(self.evaluate), norms=jax.vmap(self.norms))
+
+
 @dataclasses.dataclass(frozen=True)
 class Programs:
     """The jitted functions of one config on one mesh, with the shardings they use.
 
     With `num_runs` set, every function is vmapped over a leading axis of that many runs
-    (states, batches and evaluation sets stacked), so several runs train as one program.
+    (states, batches and evaluation sets stacked), so several runs train as one program, and
+    init, step and steps take the runs' `stacked_hyperparameters` as their last argument.
     """
 
-    init: Callable[[jax.Array], TrainState]  # PRNG key(s) -> initial state(s)
-    step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+    init: Callable[..., TrainState]  # PRNG key(s)[, hyperparameters] -> initial state(s)
+    step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]  # state, batch[, hparams]
     # state, batches stacked (steps_per_call, ...) after the run axis, number of steps to
-    # run, whether the window starts anew -> state, the window's means and lr (train_steps)
+    # run, whether the window starts anew[, hparams] -> state, the window's means and lr
+    # (train_steps)
     steps: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
     evaluate: Callable[[Any, dict[str, jax.Array]], losses.Metrics]  # params, stacked set
     norms: Callable[[Any], dict[str, jax.Array]]
     abstract_state: TrainState  # of ONE run: shapes, dtypes, shardings for restoring
     batch_axis: int  # where the example axis of a train batch is (1 when vmapped)
     steps_per_call: int  # the stacked batches' length in `steps`
+
+
+def _run_functions(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh,
+                   model: model_lib.Transformer) -> _RunFunctions:
+    tokens = jnp.asarray(task.train_batches[0]["inputs"][:1])
+    step_kwargs = dict(config=config, model=model, loss_fn=task.loss_fn, num_shards=mesh.size,
+                       micro_batches=micro_batches_of(config, task, mesh.size))
+    return _RunFunctions(
+        init=functools.partial(_init_run, config=config, tokens_BxL=tokens, model=model),
+        step=functools.partial(_step_run, **step_kwargs),
+        steps=functools.partial(_steps_run, **step_kwargs),
+        evaluate=functools.partial(eval_step, model=model, loss_fn=task.loss_fn),
+        norms=weight_norms)
 
 
 def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh,
@@ -345,50 +435,37 @@ def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.shar
     model = model_lib.Transformer(dataclasses.replace(
         task.model_config, transposed_kernel_grads=num_runs is None
         and compilation.transposed_kernel_grads(platform, ynnpack)))
-    optimizer = optimizer_lib.make_optimizer(config.opt, config.num_steps)
-    tokens = jnp.asarray(task.train_batches[0]["inputs"][:1])
-    init_fn = functools.partial(init_state, tokens_BxL=tokens, model=model, optimizer=optimizer,
-                                init_scale=config.model.init_scale)
-    step_fn = functools.partial(train_step, model=model, optimizer=optimizer,
-                                loss_fn=task.loss_fn, num_shards=mesh.size,
-                                micro_batches=micro_batches_of(config, task, mesh.size))
-    steps_fn = functools.partial(train_steps, step_fn=step_fn, schedule=optimizer_lib.make_schedule(
-        config.opt, config.num_steps))
-    eval_fn = functools.partial(eval_step, model=model, loss_fn=task.loss_fn)
-    norms_fn = weight_norms
-    batch_axis = 0
-    if num_runs is not None:
-        init_fn, step_fn, eval_fn, norms_fn = map(jax.vmap, (init_fn, step_fn, eval_fn, norms_fn))
-        steps_fn = jax.vmap(steps_fn, in_axes=(0, 0, None, None))  # one trip count for all
-        batch_axis = 1
-
-    def with_sharding(abstract):
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, sharding.tree_shardings(abstract, mesh))
-
-    one_key = jax.random.key(0)
-    keys = one_key if num_runs is None else jax.random.split(one_key, num_runs)
-    state_sharding = sharding.tree_shardings(jax.eval_shape(init_fn, keys), mesh)
-    single = functools.partial(init_state, tokens_BxL=tokens, model=model, optimizer=optimizer,
-                               init_scale=config.model.init_scale)
+    fns = _run_functions(config, task, mesh, model)
+    one_key, hparams = jax.random.key(0), hyperparameters(config)
+    abstract = jax.eval_shape(functools.partial(fns.init, hparams=hparams), one_key)
+    if num_runs is None:
+        fns, init_args = fns.bound(hparams), (one_key,)
+    else:
+        fns = fns.vmapped()
+        init_args = (jax.random.split(one_key, num_runs), jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((num_runs,), jnp.float32), hparams))
+    state_sharding = sharding.tree_shardings(jax.eval_shape(fns.init, *init_args), mesh)
     # Outputs read on the host are replicated: with several processes, a host can only read
     # an array whose every element is on its own devices.
     jit = functools.partial(jax.jit, compiler_options=compilation.compiler_options(
         platform, ynnpack))
-    step = jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh, batch_axis)),
-               out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-    steps = jit(steps_fn, in_shardings=(state_sharding, sharding.batch_sharding(
-        mesh, batch_axis + 1), sharding.replicated(mesh), sharding.replicated(mesh)),
-                out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    batch_axis = 0 if num_runs is None else 1
+    replicated = sharding.replicated(mesh)
+    per_run = () if num_runs is None else (replicated,)  # the hyperparameters
+    step = jit(fns.step, in_shardings=(state_sharding, sharding.batch_sharding(
+        mesh, batch_axis), *per_run), out_shardings=(state_sharding, replicated),
+               donate_argnums=0)
+    steps = jit(fns.steps, in_shardings=(state_sharding, sharding.batch_sharding(
+        mesh, batch_axis + 1), replicated, replicated, *per_run),
+                out_shardings=(state_sharding, replicated), donate_argnums=0)
     return Programs(
-        init=jit(init_fn, out_shardings=state_sharding),
-        step=step,
-        steps=steps,
-        evaluate=jit(eval_fn, out_shardings=sharding.replicated(mesh)),
-        norms=jit(norms_fn, out_shardings=sharding.replicated(mesh)),
-        abstract_state=with_sharding(jax.eval_shape(single, one_key)),
-        batch_axis=batch_axis,
-        steps_per_call=steps_per_call_of(config, platform))
+        init=jit(fns.init, out_shardings=state_sharding), step=step, steps=steps,
+        evaluate=jit(fns.evaluate, out_shardings=replicated),
+        norms=jit(fns.norms, out_shardings=replicated),
+        abstract_state=jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract, sharding.tree_shardings(abstract, mesh)),
+        batch_axis=batch_axis, steps_per_call=steps_per_call_of(config, platform))
 
 
 def _holds_window(checkpointer: checkpointing.Checkpointer, step: int) -> bool:
@@ -515,24 +592,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def train_and_evaluate_vmapped(configs: list[ml_collections.ConfigDict], workdirs: list[str],
-                               tasks: list[Task]) -> list[dict[str, Any]]:
+                               tasks: list[Task], data_fields: tuple[str, ...] = ()
+                               ) -> list[dict[str, Any]]:
     """Trains several runs as one vmapped program, in lockstep, each with its own workdir.
 
-    The runs may differ only in `seed` (so in their data split, batch order and init): every
-    other field, and so every array shape, must be equal.
+    The runs may differ in `VMAPPED_FIELDS` (seed, so data split, batch order and init;
+    learning rate, weight decay, init scale) and in `data_fields`, the caller's fields that
+    change only the data its tasks hold (e.g. the size of a training subset). Train batches of
+    fewer rows (full-batch runs on smaller sets) are padded with rows of weight 0, evaluation
+    sets to a common number of batches. Every other field must be equal: it may shape arrays
+    or the program. Each run's metrics, summary and checkpoints are its own run's.
     """
-    reference = run_io.flatten_config(configs[0])
-    for config in configs[1:]:
-        differ = sorted(k for k, v in run_io.flatten_config(config).items()
-                        if k != "seed" and reference.get(k) != v)
-        if differ:
-            raise validation.ConfigError(f"vmapped runs may differ only in seed, not in {differ}")
+    check_vmappable(configs, data_fields)
     return _train_runs(configs, workdirs, tasks, vectorized=True)
+
+
+def check_vmappable(configs: list[ml_collections.ConfigDict],
+                    data_fields: tuple[str, ...] = ()) -> None:
+    """Refuses runs that differ in a field one vmapped program cannot vary, naming them."""
+    free = set(VMAPPED_FIELDS) | set(data_fields)
+    flat = [run_io.flatten_config(c) for c in configs]
+    keys = set().union(*flat)
+    differ = sorted(k for k in keys - free if any(f.get(k) != flat[0].get(k) for f in flat))
+    if differ:
+        raise validation.ConfigError(
+            f"vmapped runs may differ only in {', '.join(sorted(free))}; these differ in "
+            f"{', '.join(differ)}, which one program cannot vary: train them in separate groups")
 
 
 def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                 tasks: list[Task], vectorized: bool) -> list[dict[str, Any]]:
     compilation.start_counting()
+    if vectorized:
+        tasks = _with_common_rows(tasks)
     _check_runs(configs, tasks, vectorized)
     loop = _Loop(configs, workdirs, tasks, vectorized)
     try:
@@ -560,6 +652,17 @@ def _check_runs(configs: list[ml_collections.ConfigDict], tasks: list[Task],
         validation.fail("fsdp", "is not supported for vmapped runs: train them one by one", fsdp)
 
 
+def _with_common_rows(tasks: list[Task]) -> list[Task]:
+    """Tasks whose train batches differ in rows (full-batch runs on training sets smaller than
+    the batch) with every batch padded to the most rows: a `weight` of 1 on real rows, 0 on
+    padding, which the losses leave out, so that each run trains as it would alone."""
+    rows = [len(t.train_batches[0]["inputs"]) for t in tasks]
+    if len(set(rows)) == 1:
+        return tasks
+    return [dataclasses.replace(t, train_batches=batching.pad_rows(t.train_batches, max(rows)))
+            for t in tasks]
+
+
 class _Loop:
     """Trains one run, or several vmapped in lockstep, from where their checkpoints stand.
 
@@ -580,6 +683,9 @@ class _Loop:
         if self.multi_process:
             rows = sharding.process_rows(self.mesh, len(self.task.train_batches[0]["inputs"]))
         self.runs = [_Run(c, w, t, rows) for c, w, t in zip(configs, workdirs, tasks)]
+        # The vmapped programs' last argument: each run's learning rate, weight decay, scale.
+        self.per_run_args = ((sharding.put_replicated(stacked_hyperparameters(configs),
+                                                      self.mesh),) if vectorized else ())
         self.pending: Callable[[], None] | None = None  # the last evaluation's rows to finish
         # Compilation counts: whether a row was logged (every program has then run once), the
         # count once the first call after it was dispatched, and what the first save compiled.
@@ -616,7 +722,11 @@ class _Loop:
         eval_sets = {}
         for name in self.task.eval_sets:
             padded = [batching.pad_and_stack(t.eval_sets[name], eval_batch) for t in tasks]
-            host = _stack(padded) if self.vectorized else padded[0]
+            if self.vectorized:  # sets of other sizes: as many batches, the extra ones empty
+                most = max(len(p["weight"]) for p in padded)
+                host = _stack([batching.pad_batches(p, most) for p in padded])
+            else:
+                host = padded[0]
             eval_sets[name] = sharding.put_global(host, self.mesh,
                                                   batch_axis=self.programs.batch_axis + 1)
         return eval_sets
@@ -628,7 +738,8 @@ class _Loop:
                 return states[0]
             return sharding.put_replicated(_stack(jax.device_get(states)), self.mesh)
         keys = [jax.random.key(c.seed) for c in configs]
-        return self.programs.init(jnp.stack(keys) if self.vectorized else keys[0])
+        return self.programs.init(jnp.stack(keys) if self.vectorized else keys[0],
+                                  *self.per_run_args)
 
     def train(self) -> None:
         """Steps to `num_steps`, evaluating, checkpointing and stopping on SIGTERM on the way.
@@ -701,7 +812,8 @@ class _Loop:
         stacked_axis = self.programs.batch_axis + 1  # the example axis behind (runs,) steps
         state_after, means = self.programs.steps(
             self.state, sharding.put_batch(host, self.mesh, batch_axis=stacked_axis),
-            np.int32(end - start), np.bool_(start % self.config.eval_every == 0))
+            np.int32(end - start), np.bool_(start % self.config.eval_every == 0),
+            *self.per_run_args)
         return state_after, means, end
 
     def per_run(self, tree: Any) -> list[Any]:
