@@ -21,7 +21,7 @@ Writes `accelerator_report.json` into `--out` (default: the current folder) with
                          at the loop's k steps per call (`steps_per_s_k`, `flop_per_s_k`,
                          `mfu_k`);
   vmapped_seeds          the vmapped seed-group program (train.build_programs with num_runs=R,
-                         the program `critical_data_size --config.vmap_seeds` trains) for each
+                         the program `critical_data_size --config.vmap_runs` trains) for each
                          R, in run-steps/s against one run's program;
                          and `vmapped_runs`: whole runs through `grokking.run_vmapped` against
                          the same runs one after another through `grokking.run`;
@@ -111,17 +111,19 @@ class LoopRunner:
     """Calls a multi-step program (`train.train_steps`: stacked batches, a traced trip count)
     on one device-resident stack of batches, from the last state it reached (donated)."""
 
-    def __init__(self, steps, state, stacked):
-        self._steps, self._state, self._stacked = steps, state, stacked
+    def __init__(self, steps, state, stacked, *extra):
+        # extra: a vmapped program's stacked hyperparameters (its last argument)
+        self._steps, self._state, self._stacked, self._extra = steps, state, stacked, extra
 
     def _call(self, steps_per_call: int):
         return self._steps(self._state, self._stacked, np.int32(steps_per_call),
-                           np.bool_(False))
+                           np.bool_(False), *self._extra)
 
     def compiled(self) -> LoopRunner:
         """Compiles the program (the calls then reuse it): compilations may run side by side
         in threads, each on a core of its own, where calls are timed one at a time."""
-        self._steps.lower(self._state, self._stacked, np.int32(1), np.bool_(False)).compile()
+        self._steps.lower(self._state, self._stacked, np.int32(1), np.bool_(False),
+                          *self._extra).compile()
         return self
 
     def rate(self, steps_per_call: int, seconds: float) -> float:
@@ -184,7 +186,7 @@ def _stacked_batches(task: train.Task, steps_per_call: int) -> dict[str, np.ndar
 def run_program(configs: list, tasks: list[train.Task], vmapped: bool) -> Program:
     """The multi-step program that `grokking.run` trains the first of `configs` with, or
     (`vmapped`) all of them as one seed group (train.build_programs with num_runs, the program
-    `critical_data_size --config.vmap_seeds` trains), compiled, on their first batches."""
+    `critical_data_size --config.vmap_runs` trains), compiled, on their first batches."""
     mesh = sharding.make_mesh()
     if not vmapped:
         configs, tasks = configs[:1], tasks[:1]
@@ -192,7 +194,10 @@ def run_program(configs: list, tasks: list[train.Task], vmapped: bool) -> Progra
     programs = train.build_programs(config, tasks[0], mesh, len(configs) if vmapped else None)
     k = programs.steps_per_call
     keys = [jax.random.key(c.seed) for c in configs]
-    state = programs.init(jnp.stack(keys) if vmapped else keys[0])
+    extra = ()  # a vmapped program takes the runs' hyperparameters as its last argument
+    if vmapped:
+        extra = (sharding.put_replicated(train.stacked_hyperparameters(configs), mesh),)
+    state = programs.init(jnp.stack(keys) if vmapped else keys[0], *extra)
     facts: dict[str, Any] = {"steps_per_call_k": k}
     if not vmapped:  # the facts of a step row
         batch = sharding.put_batch(tasks[0].train_batches[0], mesh)
@@ -204,7 +209,7 @@ def run_program(configs: list, tasks: list[train.Task], vmapped: bool) -> Progra
     stacked = [_stacked_batches(t, k) for t in tasks]
     host = jax.tree.map(lambda *xs: np.stack(xs), *stacked) if vmapped else stacked[0]
     batches = sharding.put_batch(host, mesh, batch_axis=programs.batch_axis + 1)
-    return facts, LoopRunner(programs.steps, state, batches).compiled()
+    return facts, LoopRunner(programs.steps, state, batches, *extra).compiled()
 
 
 def step_row(program: Program, seconds: float, device_kind: str) -> dict[str, Any]:

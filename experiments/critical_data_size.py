@@ -47,12 +47,14 @@ class Study:
     experiment: str  # the experiment whose config `base` must be
     run: Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
     validate: Callable[[ml_collections.ConfigDict], None]
-    run_vmapped: Callable[..., list[dict[str, Any]]] | None  # seed groups as one program
+    run_vmapped: Callable[..., list[dict[str, Any]]] | None  # a vmapped group as one program
+    vmapped_fields: tuple[str, ...] = ()  # the fields whose runs `run_vmapped` trains together
 
 
 STUDIES = {
     "modular": Study("task.train_count", "train_counts", "train pairs", "grokking",
-                     grokking.run, grokking.validate, grokking.run_vmapped),
+                     grokking.run, grokking.validate, grokking.run_vmapped,
+                     grokking.VMAPPED_FIELDS),
     "sentiment": Study("task.train_fraction", "train_fractions", "fraction of the train reviews",
                        "sentiment_grokking", sentiment_grokking.run, sentiment_grokking.validate,
                        None),
@@ -88,9 +90,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.widths = (16, 32, 64, 128)  # model mode: d_model (d_mlp = 4 x width, 4 heads)
     config.depths = (1,)  # model mode: num_layers
     config.workers = 2  # parallel processes, each on its share of the CPUs; 1: in this process
-    # Train the seeds of each grid point as one vmapped program instead (in this process).
-    # Measure before choosing: see benchmarks/sweep_runner.py and the README.
-    config.vmap_seeds = False
+    # Train the runs that differ only in seed, size, lr, weight decay or init scale as one
+    # vmapped program per group, in this process (not in workers). None: yes on GPUs and
+    # TPUs, no on CPUs (benchmarks/sweep_runner.py measures both modes).
+    config.vmap_runs = ml_collections.config_dict.placeholder(bool)
+    config.max_vmapped_runs = 0  # the most runs one vmapped program trains (memory); 0: all
     if variant == "model":
         config.mode = "model"
         config.train_counts = (450, 750, 1100, 1800)
@@ -145,8 +149,8 @@ def overrides(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
                        "(--config=experiments/critical_data_size.py:sentiment, :sentiment_model "
                        "or :sentiment_smoke for sentiment; none, :model or :smoke for modular)",
                        config.study)
-    validation.require(not (config.vmap_seeds and study.run_vmapped is None), "vmap_seeds",
-                       f"is not available for the {config.study} study", config.vmap_seeds)
+    validation.require(not (config.vmap_runs and study.run_vmapped is None), "vmap_runs",
+                       f"is not available for the {config.study} study", config.vmap_runs)
     for field in (study.size_flag, "seeds") + (("widths", "depths") if config.mode == "model"
                                          else ()):
         validation.require(len(config[field]) > 0, field, "the sweep needs at least one value",
@@ -242,9 +246,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 def _sweep(config: ml_collections.ConfigDict, grid: list[dict[str, Any]],
            workdir_path: pathlib.Path, shard: sweep.Shard | None) -> dict[str, Any]:
     study = STUDIES[config.study]
+    vmapped = (sweep.vmapped_groups_by_default() if config.vmap_runs is None
+               else config.vmap_runs) and study.run_vmapped is not None
     rows = sweep.run_sweep(config.base, grid, workdir_path, study.run,
                            validate_fn=study.validate, workers=config.workers,
-                           group_fn=study.run_vmapped if config.vmap_seeds else None, shard=shard,
+                           group_fn=study.run_vmapped if vmapped else None,
+                           vmapped_fields=study.vmapped_fields,
+                           max_vmapped_runs=config.max_vmapped_runs, shard=shard,
                            grid_flags=grid_flags(config), base_flag="base")
     run_io.write_json_atomic(workdir_path / run_io.CONFIG_FILE, run_io.config_to_dict(config))
     if len(rows) < len(grid):  # other shards still running: they write the analysis

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from phasemix.runs import cli
 from phasemix.runs.grokking import (  # noqa: F401 (the run's API)
+    DATA_FIELDS,
     GENERALIZED_AT,
     get_config,
     make_task,
@@ -27,10 +28,12 @@ from phasemix.runs.grokking import (  # noqa: F401 (the run's API)
     summarize,
     validate,
     VARIANTS,
+    VMAPPED_FIELDS,
 )
 
-__all__ = ["GENERALIZED_AT", "get_config", "make_task", "MEMORIZED_AT", "model_config",
-           "resolve_train_fraction", "run", "run_vmapped", "summarize", "validate", "VARIANTS"]
+__all__ = ["DATA_FIELDS", "GENERALIZED_AT", "get_config", "make_task", "MEMORIZED_AT",
+           "model_config", "resolve_train_fraction", "run", "run_vmapped", "summarize",
+           "validate", "VARIANTS", "VMAPPED_FIELDS"]
 
 
 if __name__ == "__main__":

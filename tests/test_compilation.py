@@ -79,10 +79,11 @@ def test_grokking_programs_use_xla_dots_without_ynnpack_and_the_others_keep_it()
     fusions, barriers = ynnpack_fusions_and_barriers(True)
     assert fusions > 0 and barriers == 4 * config.model.num_layers + 1
     vmapped = train.build_programs(config, task, mesh, num_runs=2)  # kept as autodiff writes it
-    states = vmapped.init(jax.random.split(jax.random.key(0), 2))
+    hparams = train.stacked_hyperparameters([config, config])
+    states = vmapped.init(jax.random.split(jax.random.key(0), 2), hparams)
     stacked = sharding.put_batch(jax.tree.map(lambda x: np.stack([x, x]), task.train_batches[0]),
                                  mesh, batch_axis=1)
-    assert "optimization_barrier" not in vmapped.step.lower(states, stacked).as_text()
+    assert "optimization_barrier" not in vmapped.step.lower(states, stacked, hparams).as_text()
 
 
 def test_an_option_this_xla_lacks_is_left_out():

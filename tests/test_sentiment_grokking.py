@@ -77,6 +77,6 @@ def test_sentiment_sweep_over_fractions(tmp_path):
     assert summary["runs"] == 2 and "critical_size" in summary
     for name in ("per_size.csv", "steps_vs_size.png", "accuracy_by_size.png"):
         assert (tmp_path / "sweep" / name).stat().st_size > 0, name
-    config.vmap_seeds = True
-    with pytest.raises(validation.ConfigError, match="--config.vmap_seeds"):
+    config.vmap_runs = True
+    with pytest.raises(validation.ConfigError, match="--config.vmap_runs"):
         critical_data_size.overrides(config)

@@ -237,7 +237,7 @@ def test_a_sweep_process_with_workers_does_not_preallocate_but_its_workers_do(mo
     monkeypatch.delenv(sweep.PREALLOCATE)
     for trains_here in (critical_data_size.get_config("smoke"),  # workers=1
                         critical_data_size.get_config().copy_and_resolve_references()):
-        trains_here.vmap_seeds = trains_here.workers > 1  # seed groups train in this process
+        trains_here.vmap_runs = trains_here.workers > 1  # vmapped groups train in this process
         sweep.keep_memory_for_workers(trains_here)
         assert sweep.PREALLOCATE not in os.environ
     sweep.keep_memory_for_workers(config)
@@ -253,8 +253,8 @@ def test_more_than_one_worker_on_a_tpu_is_refused_before_any_run(tmp_path, monke
     with pytest.raises(validation.ConfigError, match=r"^--config.workers=2: must be 1 on a TPU"):
         critical_data_size.run(config, str(tmp_path))
     assert not (tmp_path / "runs").exists()
-    # Vmapped seed groups train in this process: the number of workers does not matter.
-    config.vmap_seeds = True
+    # Vmapped groups train in this process: the number of workers does not matter.
+    config.vmap_runs = True
     monkeypatch.setattr(sweep, "_check_writable", lambda folder: validation.fail(
         "workdir", "checked after the workers"))
     with pytest.raises(validation.ConfigError, match="checked after the workers"):
@@ -427,3 +427,100 @@ def test_sweep_errors_name_the_base_flag_the_grid_flag_or_the_workers(tmp_path):
 def test_a_table_row_shorter_than_its_header_reads_as_empty_cells(tmp_path):
     (tmp_path / "t.csv").write_text("a,b,c\n1,x\n")
     assert sweep.read_table(tmp_path / "t.csv") == [{"a": 1, "b": "x", "c": None}]
+
+
+
+def vmapped_sweep_grid() -> list[dict]:
+    """8 runs of 2 training-set sizes (40 < the batch of 64: full-batch, padded rows when
+    vmapped) x 2 weight decays x 2 seeds, with 3 learning rates and 2 init scales among them."""
+    grid = sweep.grid({"task.train_count": (40, 150), "opt.weight_decay": (1.0, 0.3),
+                       "seed": (0, 1)})
+    return [{**run, "opt.lr": (1e-3, 2e-3, 3e-3)[i % 3],
+             "model.init_scale": 0.8 if i in (1, 6) else 1.0} for i, run in enumerate(grid)]
+
+
+def assert_rows_close(expected: list[dict], got: list[dict], where: str) -> None:
+    """Equal keys and values, numbers to 1e-6 (relative or absolute)."""
+    assert len(got) == len(expected), where
+    for want, row in zip(expected, got):
+        assert row.keys() == want.keys(), where
+        for key, value in want.items():
+            if isinstance(value, float) and isinstance(row[key], float):
+                assert row[key] == pytest.approx(value, rel=1e-6, abs=1e-6), (where, key)
+            else:
+                assert row[key] == value, (where, key)
+
+
+@pytest.mark.slow  # 8 sequential runs compile 8 programs (~1 minute on 2 idle cores)
+def test_a_vmapped_sweep_equals_the_sequential_sweep_and_resumes(tmp_path):
+    """One program trains the 8 runs; each run's metrics equal its own sequential run's, the
+    tables are equal but for timing, and a group stopped by SIGTERM resumes to the same, as
+    one program or one run alone."""
+    import dataclasses
+    import shutil
+
+    import grain
+
+    from phasemix.base import run_io
+    from phasemix.training import train
+    from test_train import SigtermAt, comparable
+
+    base = grokking.get_config("smoke")
+    base.num_steps, base.eval_every, base.checkpoint_every = 40, 10, 20
+    base.eval_batch_size = 128  # test sets of 489 and 379 pairs: 4 and 3 batches, padded to 4
+    grid = vmapped_sweep_grid()
+    sequential = sweep.run_sweep(base, grid, tmp_path / "seq", grokking.run)
+    groups = []
+
+    def stopped_at_step_25(configs, workdirs):
+        groups.append(len(configs))
+        tasks = [grokking.make_task(c) for c in configs]
+        tasks[0] = dataclasses.replace(tasks[0], train_batches=grain.MapDataset.source(
+            SigtermAt(tasks[0].train_batches, at=25)))
+        return train.train_and_evaluate_vmapped(configs, workdirs, tasks, grokking.DATA_FIELDS)
+
+    def group_fn(configs, workdirs):
+        groups.append(len(configs))
+        return grokking.run_vmapped(configs, workdirs)
+
+    with pytest.raises(train.Preempted) as stop:
+        sweep.run_sweep(base, grid, tmp_path / "vmap", grokking.run, group_fn=stopped_at_step_25,
+                        vmapped_fields=grokking.VMAPPED_FIELDS)
+    assert stop.value.step == 26
+    # One run of the stopped group resumed alone (a group whose other run diverged goes on so).
+    first = sweep.run_name(grid[0])  # 40 pairs: its batches were padded in the group
+    shutil.copytree(tmp_path / "vmap" / "runs" / first, tmp_path / "alone")
+    grokking.run(sweep.apply_overrides(base, grid[0]), str(tmp_path / "alone"))
+    assert_rows_close(comparable(run_io.read_metrics(tmp_path / "seq" / "runs" / first)),
+                      comparable(run_io.read_metrics(tmp_path / "alone")), "resumed alone")
+    vmapped = sweep.run_sweep(base, grid, tmp_path / "vmap", grokking.run, group_fn=group_fn,
+                              vmapped_fields=grokking.VMAPPED_FIELDS)
+    assert groups == [8, 8]
+    for row in sequential:
+        alone = comparable(run_io.read_metrics(tmp_path / "seq" / "runs" / row["run"]))
+        together = comparable(run_io.read_metrics(tmp_path / "vmap" / "runs" / row["run"]))
+        assert [r["step"] for r in together] == list(range(0, 41, 10))
+        assert_rows_close(alone, together, row["run"])
+    timing = ("wall_seconds", "run_seconds")
+    seq, vmap = [[{k: v for k, v in r.items() if k not in timing} for r in sweep.read_table(
+        tmp_path / name / sweep.RESULTS_FILE)] for name in ("seq", "vmap")]
+    assert_rows_close(seq, vmap, "results.csv")
+    assert {r["train_size"] for r in vmap} == {40, 150}
+    assert len({r["final_train_loss"] for r in vmap}) == 8  # eight different runs
+    assert all(r["recompilations"] == 0 for r in vmapped)
+
+
+def test_vmapped_groups_split_by_shape_fields_and_size():
+    import jax
+
+    base = grokking.get_config("smoke")
+    todo = [(str(i), sweep.apply_overrides(base, run)) for i, run in enumerate(
+        [*vmapped_sweep_grid(), {"model.d_model": 16}, {"model.d_model": 16, "seed": 3}])]
+    groups = sweep._vmapped_groups(todo, grokking.VMAPPED_FIELDS, max_runs=0)
+    assert [[name for name, _ in g] for g in groups] == [[str(i) for i in range(8)], ["8", "9"]]
+    groups = sweep._vmapped_groups(todo, grokking.VMAPPED_FIELDS, max_runs=3)
+    assert [len(g) for g in groups] == [3, 3, 2, 2]
+    assert [len(g) for g in sweep._vmapped_groups(todo, ("seed",), max_runs=0)] == [1] * 8 + [2]
+    with pytest.raises(validation.ConfigError, match="--config.max_vmapped_runs=-1"):
+        sweep.run_sweep(base, [{}], "unused", fake_run, group_fn=fake_run, max_vmapped_runs=-1)
+    assert sweep.vmapped_groups_by_default() == (jax.default_backend() in ("gpu", "tpu"))

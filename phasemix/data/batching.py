@@ -80,6 +80,27 @@ def process_shard(dataset: grain.MapDataset, rows: slice) -> grain.MapDataset:
     return dataset.map(_Rows(rows))
 
 
+class _PadRows:
+    """Pads every array of a batch with zero rows to `rows`, with a `weight` column: 1 (or the
+    batch's own weight) on its rows, 0 on the padding (picklable, unlike a lambda)."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+
+    def __call__(self, batch: Arrays) -> Arrays:
+        num_rows = len(next(iter(batch.values())))
+        weighted = {**batch, "weight": batch.get("weight", np.ones(num_rows, np.float32))}
+        return {k: np.pad(v, [(0, self.rows - num_rows)] + [(0, 0)] * (v.ndim - 1))
+                for k, v in weighted.items()}
+
+
+def pad_rows(dataset: grain.MapDataset, rows: int) -> grain.MapDataset:
+    """Every batch padded to `rows` rows of weight 0, which the losses leave out: batches of
+    one shape for runs whose batches differ in rows (one program trains them together). The
+    iterator state is unchanged (the next step), so checkpoints are those of the unpadded."""
+    return dataset.map(_PadRows(rows))
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """`config.data_prefetch` and `config.data_workers`, the read-ahead of `iterate`."""
     for field in ("data_prefetch", "data_workers"):
@@ -189,3 +210,10 @@ def pad_and_stack(arrays: Arrays, batch_size: int) -> Arrays:
         padded = np.pad(value, padding)
         out[key] = padded.reshape(num_batches, batch_size, *value.shape[1:])
     return out
+
+
+def pad_batches(stacked: Arrays, num_batches: int) -> Arrays:
+    """A `pad_and_stack` result with batches of zeros (weight 0) added up to `num_batches`, so
+    that sets of different sizes stack (their sums are unchanged: the padding counts 0)."""
+    return {k: np.pad(v, [(0, num_batches - len(v))] + [(0, 0)] * (v.ndim - 1))
+            for k, v in stacked.items()}

@@ -22,6 +22,12 @@ MEMORIZED_AT = 0.99  # train accuracy that counts as memorised
 GENERALIZED_AT = 0.95  # test accuracy that counts as generalised
 
 
+# The task fields that change only a run's data (the size of its training subset): runs that
+# differ in them, as in seed, lr, weight decay or init scale, train as one vmapped program.
+DATA_FIELDS = ("task.train_count", "task.train_fraction")
+VMAPPED_FIELDS = train.VMAPPED_FIELDS + DATA_FIELDS
+
+
 # --config=<this file>:<variant> takes these ('': the default); --help lists them.
 VARIANTS = ("", "smoke")
 
@@ -178,12 +184,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def run_vmapped(configs: list[ml_collections.ConfigDict], workdirs: list[str]) -> list[dict]:
-    """Runs that differ only in seed, trained together as one vmapped program."""
+    """Runs that differ only in `VMAPPED_FIELDS`, trained together as one vmapped program."""
     import jax
 
     configs = [resolve_train_fraction(c) for c in configs]
+    train.check_vmappable(configs, DATA_FIELDS)  # before any split is built
     tasks = [make_task(c, jax.device_count()) for c in configs]
-    summaries = train.train_and_evaluate_vmapped(configs, workdirs, tasks)
+    summaries = train.train_and_evaluate_vmapped(configs, workdirs, tasks, DATA_FIELDS)
     for config, workdir, summary in zip(configs, workdirs, summaries):
         _plot(config, workdir, summary)
     return summaries

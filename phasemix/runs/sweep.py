@@ -7,8 +7,10 @@ as columns. Re-running the same sweep skips finished runs and resumes interrupte
 
 Runs execute one after another in this process (`workers=1`), in `workers` spawned processes,
 each pinned to its own share of the CPUs (Linux) so that the processes do not fight over them, or
-(`group_fn` given) as groups of runs that differ only in seed, each group one vmapped program.
-Which is fastest depends on the machine: `benchmarks/sweep_runner.py` measures it.
+(`group_fn` given) as vmapped groups: runs that differ only in `vmapped_fields` (seed, learning
+rate, weight decay, init scale, training-set size, ...), each group one vmapped program.
+Which is fastest depends on the machine: `benchmarks/sweep_runner.py` measures it; groups are
+the default on accelerators (`vmapped_groups_by_default`).
 
 On a cluster, `shard=Shard(i, n)` runs only every n-th run of the grid, from the i-th: n jobs
 (a SLURM job array, a loop over TPU VMs) share the sweep folder, and each rewrites the table
@@ -43,7 +45,8 @@ from phasemix.base.results_table import (  # noqa: F401
     RESULTS_FILE, RUNS_DIR, read_table, run_name, write_table)
 
 RunFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
-# Trains runs that differ only in seed as one vmapped program: (configs, workdirs) -> summaries.
+# Trains a vmapped group (runs that differ only in the sweep's `vmapped_fields`) as one
+# program: (configs, workdirs) -> summaries.
 GroupRunFn = Callable[[list[ml_collections.ConfigDict], list[str]], list[dict[str, Any]]]
 ValidateFn = Callable[[ml_collections.ConfigDict], None]
 RUN_SECONDS_FILE = "sweep_seconds.json"  # in a run's folder: the sweep's wall time for it
@@ -197,12 +200,15 @@ _preallocate_turned_off = False  # by `keep_memory_for_workers`, in this process
 
 def keep_memory_for_workers(config: ml_collections.ConfigDict) -> None:
     """Keeps a sweep's process that only hands runs to worker processes (`config.workers` > 1,
-    seeds not vmapped) from taking an accelerator's memory: JAX preallocates 75% of a GPU when
+    runs not vmapped) from taking an accelerator's memory: JAX preallocates 75% of a GPU when
     its backend starts, which an experiment's checks do (a device count), and the workers
     would find too little left. Call it before anything starts a backend; the workers
     preallocate their own shares again."""
     global _preallocate_turned_off
-    in_workers = config.get("workers", 1) > 1 and not config.get("vmap_seeds", False)
+    vmapped = config.get("vmap_runs", False)
+    if vmapped is None:  # the backend's default, read without starting it
+        vmapped = backend_platform() in ("gpu", "tpu")
+    in_workers = config.get("workers", 1) > 1 and not vmapped
     if in_workers and PREALLOCATE not in os.environ:
         os.environ[PREALLOCATE] = "false"
         _preallocate_turned_off = True
@@ -384,19 +390,33 @@ def _worker_died(name: str, exit_code: int | None) -> BaseException:
                         "rerun the same command to resume from the last checkpoints")
 
 
-def _seed_groups(todo: list[tuple[str, ml_collections.ConfigDict]]) -> list[list[tuple[str, ml_collections.ConfigDict]]]:
-    """Runs whose configs are equal but for `seed`, grouped in grid order."""
+def vmapped_groups_by_default() -> bool:
+    """Whether a sweep trains vmapped groups when its config leaves the choice open: on GPUs
+    and TPUs, where one program of many small runs keeps the device busy; on a CPU, worker
+    processes (docs/performance.md, Whole runs)."""
+    import jax
+
+    return jax.default_backend() in ("gpu", "tpu")
+
+
+def _vmapped_groups(todo: list[tuple[str, ml_collections.ConfigDict]],
+                    vmapped_fields: Sequence[str], max_runs: int
+                    ) -> list[list[tuple[str, ml_collections.ConfigDict]]]:
+    """Runs whose configs are equal but for `vmapped_fields`, grouped in grid order, each group
+    split into parts of at most `max_runs` runs (0: any number) to bound its memory."""
     groups: dict[str, list[tuple[str, ml_collections.ConfigDict]]] = {}
     for name, config in todo:
         key = repr(sorted((k, repr(v)) for k, v in run_io.flatten_config(config).items()
-                          if k != "seed"))
+                          if k not in vmapped_fields))
         groups.setdefault(key, []).append((name, config))
-    return list(groups.values())
+    size = max_runs or max(len(todo), 1)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
 def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, Any]],
               sweep_dir: str | os.PathLike, run_fn: RunFn, validate_fn: ValidateFn | None = None,
               workers: int = 1, group_fn: GroupRunFn | None = None,
+              vmapped_fields: Sequence[str] = ("seed",), max_vmapped_runs: int = 0,
               shard: Shard | None = None,
               grid_flags: Mapping[str, str] | None = None,
               base_flag: str = "", check_dropped: bool = True) -> list[dict[str, Any]]:
@@ -408,6 +428,8 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     `grid_flags` maps an override's field to the sweep's flag its values come from (e.g.
     'task.train_count' -> 'train_counts'), so that a bad value's error names that flag;
     `base_flag` is where the sweep's config holds `base` (e.g. 'base'), for the other fields.
+    With `group_fn`, the runs that differ only in `vmapped_fields` (which `group_fn` must
+    accept varying) train as one program, at most `max_vmapped_runs` at a time (0: all).
     In a job of several processes the runs are trained by all of them, one after another.
 
     A run that diverges (`run_io.Diverged`) is a result: its row has status 'diverged' and the
@@ -418,6 +440,9 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
         raise validation.ConfigError("the sweep grid is empty: nothing to run")
     validation.require(isinstance(workers, int) and workers >= 1, "workers",
                        "must be a positive number of processes", workers)
+    validation.require(isinstance(max_vmapped_runs, int) and max_vmapped_runs >= 0,
+                       "max_vmapped_runs", "must be 0 (no limit) or a positive number of runs",
+                       max_vmapped_runs)
     if workers > 1 and distributed.is_multi_process():
         validation.fail("workers", "must be 1 in a multi-process job, whose processes train "
                         "each run together; use --shard to spread runs over jobs", workers)
@@ -459,7 +484,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
     todo = [(name, config) for position, (name, _, config) in enumerate(runs)
             if name not in results and (shard is None or shard.owns(position))]
     own.update(name for name, _ in todo)
-    mode = "vmapped seed groups" if group_fn else f"{workers} worker(s)"
+    mode = "vmapped groups" if group_fn else f"{workers} worker(s)"
     part = "" if shard is None else f" in shard {shard}"
     _say(f"sweep {sweep_dir}: {len(runs)} runs, {len(results)} already finished, "
         f"{len(todo)} to run{part} with {mode}")
@@ -522,7 +547,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
         record(name, summary, seconds)
 
     if group_fn is not None:
-        for group in _seed_groups(todo):
+        for group in _vmapped_groups(todo, vmapped_fields, max_vmapped_runs):
             start = time.monotonic()
             try:
                 summaries = group_fn([c for _, c in group],

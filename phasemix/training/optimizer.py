@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 import optax
 
@@ -10,32 +11,43 @@ from phasemix.base import validation
 SCHEDULES = ("constant", "cosine", "wsd")
 
 
-def make_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warmup, then constant, cosine decay to 0, or warmup-stable-decay (linear to 0)."""
+# A peak learning rate or weight decay: a number, or a traced scalar where one program trains
+# several runs with their own (train.py's vmapped groups).
+Scalar = float | jax.Array
+
+
+def make_schedule(opt: ml_collections.ConfigDict, num_steps: int,
+                  lr: Scalar | None = None) -> optax.Schedule:
+    """Linear warmup, then constant, cosine decay to 0, or warmup-stable-decay (linear to 0),
+    peaking at `lr` (default `opt.lr`). The step counts stay numbers: they shape the program."""
+    lr = opt.lr if lr is None else lr
     warmup = min(opt.warmup_steps, num_steps)
-    warmup_fn = optax.linear_schedule(0.0, opt.lr, warmup) if warmup else None
+    warmup_fn = optax.linear_schedule(0.0, lr, warmup) if warmup else None
     rest = max(num_steps - warmup, 1)
     if opt.schedule == "constant":
-        main = optax.constant_schedule(opt.lr)
+        main = optax.constant_schedule(lr)
     elif opt.schedule == "cosine":
-        main = optax.cosine_decay_schedule(opt.lr, rest)
+        main = optax.cosine_decay_schedule(lr, rest)
     else:  # wsd: hold the peak, then decay linearly over the last `decay_fraction` of steps.
         decay = max(int(rest * opt.decay_fraction), 1)
         main = optax.join_schedules(
-            [optax.constant_schedule(opt.lr), optax.linear_schedule(opt.lr, 0.0, decay)],
+            [optax.constant_schedule(lr), optax.linear_schedule(lr, 0.0, decay)],
             [rest - decay])
     if warmup_fn is None:
         return main
     return optax.join_schedules([warmup_fn, main], [warmup])
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """AdamW (decoupled weight decay on every parameter, as in the grokking papers)."""
+def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, lr: Scalar | None = None,
+                   weight_decay: Scalar | None = None) -> optax.GradientTransformation:
+    """AdamW (decoupled weight decay on every parameter, as in the grokking papers); `lr` and
+    `weight_decay` replace `opt.lr` and `opt.weight_decay` where given."""
+    weight_decay = opt.weight_decay if weight_decay is None else weight_decay
     transforms = []
     if opt.grad_clip:
         transforms.append(optax.clip_by_global_norm(opt.grad_clip))
-    transforms.append(optax.adamw(make_schedule(opt, num_steps), b1=opt.b1, b2=opt.b2,
-                                  weight_decay=opt.weight_decay))
+    transforms.append(optax.adamw(make_schedule(opt, num_steps, lr), b1=opt.b1, b2=opt.b2,
+                                  weight_decay=weight_decay))
     return optax.chain(*transforms)
 
 

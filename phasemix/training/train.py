@@ -7,6 +7,10 @@ workdir resumes from the last checkpoint; SIGTERM saves a checkpoint before exit
 Several processes (`phasemix.base.distributed`) run the same loop over one mesh of all their
 devices: each feeds its rows of every batch, all save the checkpoint together, and process 0
 alone writes metrics, summaries and figures. A checkpoint resumes on any number of processes.
+
+`train_and_evaluate_vmapped` trains a group of runs as one vmapped program: runs that differ in
+seed, learning rate, weight decay, init scale (`VMAPPED_FIELDS`, fed to the program as arrays
+with a run axis) or in the data their tasks hold, each with its own workdir and checkpoints.
 """
 
 from __future__ import annotations
@@ -316,24 +320,110 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+# The config fields whose values the runs of one vmapped program may each have their own of
+# (besides the data each run's task holds): `hyperparameters` turns them into program inputs.
+VMAPPED_FIELDS = ("seed", "opt.lr", "opt.weight_decay", "model.init_scale")
+
+
+def hyperparameters(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """A run's numbers that its programs take as inputs, not as constants of their code: the
+    peak learning rate, the weight decay and the init scale (the seed enters as the key)."""
+    return {"lr": config.opt.lr, "weight_decay": config.opt.weight_decay,
+            "init_scale": config.model.init_scale}
+
+
+def stacked_hyperparameters(configs: list[ml_collections.ConfigDict]) -> dict[str, np.ndarray]:
+    """Every run's `hyperparameters`, float32 with a leading run axis (a vmapped program's)."""
+    per_run = [hyperparameters(c) for c in configs]
+    return {k: np.asarray([h[k] for h in per_run], np.float32) for k in per_run[0]}
+
+
+def _optimizer_of(config: ml_collections.ConfigDict, hparams: dict[str, Any]
+                  ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW and its schedule with `hparams`' numbers: Python numbers for one run (the same
+    program as `optimizer.make_optimizer(config.opt, ...)`), traced scalars under vmap."""
+    lr, num_steps = hparams["lr"], config.num_steps
+    return (optimizer_lib.make_optimizer(config.opt, num_steps, lr, hparams["weight_decay"]),
+            optimizer_lib.make_schedule(config.opt, num_steps, lr))
+
+
+def _init_run(key: jax.Array, hparams: dict[str, Any], *, config: ml_collections.ConfigDict,
+              **kwargs) -> TrainState:
+    optimizer, _ = _optimizer_of(config, hparams)
+    return init_state(key, optimizer=optimizer, init_scale=hparams["init_scale"], **kwargs)
+
+
+def _step_run(state: TrainState, batch: dict[str, jax.Array], hparams: dict[str, Any], *,
+              config: ml_collections.ConfigDict, **kwargs) -> tuple[TrainState, dict[str, Any]]:
+    optimizer, _ = _optimizer_of(config, hparams)
+    return train_step(state, batch, optimizer=optimizer, **kwargs)
+
+
+def _steps_run(state: TrainState, batches: dict[str, jax.Array], num_steps: jax.Array,
+               new_window: jax.Array, hparams: dict[str, Any], *,
+               config: ml_collections.ConfigDict, **kwargs) -> tuple[TrainState, dict[str, Any]]:
+    optimizer, schedule = _optimizer_of(config, hparams)
+    step_fn = functools.partial(train_step, optimizer=optimizer, **kwargs)
+    return train_steps(state, batches, num_steps, new_window, step_fn=step_fn, schedule=schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunFunctions:
+    """One run's pure functions before jit; init, step and steps take its `hyperparameters`
+    as their last argument."""
+
+    init: Callable
+    step: Callable
+    steps: Callable
+    evaluate: Callable
+    norms: Callable
+
+    def bound(self, hparams: dict[str, float]) -> _RunFunctions:
+        """With one run's numbers fixed: constants of the compiled programs."""
+        return dataclasses.replace(self, **{name: functools.partial(
+            getattr(self, name), hparams=hparams) for name in ("init", "step", "steps")})
+
+    def vmapped(self) -> _RunFunctions:
+        """Over a leading run axis of every argument, bar the steps' shared trip count and
+        window flag."""
+        return _RunFunctions(init=jax.vmap(self.init), step=jax.vmap(self.step),
+                             steps=jax.vmap(self.steps, in_axes=(0, 0, None, None, 0)),
+                             evaluate=jax.vmap(self.evaluate), norms=jax.vmap(self.norms))
+
+
 @dataclasses.dataclass(frozen=True)
 class Programs:
     """The jitted functions of one config on one mesh, with the shardings they use.
 
     With `num_runs` set, every function is vmapped over a leading axis of that many runs
-    (states, batches and evaluation sets stacked), so several runs train as one program.
+    (states, batches and evaluation sets stacked), so several runs train as one program, and
+    init, step and steps take the runs' `stacked_hyperparameters` as their last argument.
     """
 
-    init: Callable[[jax.Array], TrainState]  # PRNG key(s) -> initial state(s)
-    step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+    init: Callable[..., TrainState]  # PRNG key(s)[, hyperparameters] -> initial state(s)
+    step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]  # state, batch[, hparams]
     # state, batches stacked (steps_per_call, ...) after the run axis, number of steps to
-    # run, whether the window starts anew -> state, the window's means and lr (train_steps)
+    # run, whether the window starts anew[, hparams] -> state, the window's means and lr
+    # (train_steps)
     steps: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
     evaluate: Callable[[Any, dict[str, jax.Array]], losses.Metrics]  # params, stacked set
     norms: Callable[[Any], dict[str, jax.Array]]
     abstract_state: TrainState  # of ONE run: shapes, dtypes, shardings for restoring
     batch_axis: int  # where the example axis of a train batch is (1 when vmapped)
     steps_per_call: int  # the stacked batches' length in `steps`
+
+
+def _run_functions(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh,
+                   model: model_lib.Transformer) -> _RunFunctions:
+    tokens = jnp.asarray(task.train_batches[0]["inputs"][:1])
+    step_kwargs = dict(config=config, model=model, loss_fn=task.loss_fn, num_shards=mesh.size,
+                       micro_batches=micro_batches_of(config, task, mesh.size))
+    return _RunFunctions(
+        init=functools.partial(_init_run, config=config, tokens_BxL=tokens, model=model),
+        step=functools.partial(_step_run, **step_kwargs),
+        steps=functools.partial(_steps_run, **step_kwargs),
+        evaluate=functools.partial(eval_step, model=model, loss_fn=task.loss_fn),
+        norms=weight_norms)
 
 
 def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh,
@@ -346,50 +436,37 @@ def build_programs(config: ml_collections.ConfigDict, task: Task, mesh: jax.shar
     model = model_lib.Transformer(dataclasses.replace(
         task.model_config, transposed_kernel_grads=num_runs is None
         and compilation.transposed_kernel_grads(platform, ynnpack)))
-    optimizer = optimizer_lib.make_optimizer(config.opt, config.num_steps)
-    tokens = jnp.asarray(task.train_batches[0]["inputs"][:1])
-    init_fn = functools.partial(init_state, tokens_BxL=tokens, model=model, optimizer=optimizer,
-                                init_scale=config.model.init_scale)
-    step_fn = functools.partial(train_step, model=model, optimizer=optimizer,
-                                loss_fn=task.loss_fn, num_shards=mesh.size,
-                                micro_batches=micro_batches_of(config, task, mesh.size))
-    steps_fn = functools.partial(train_steps, step_fn=step_fn, schedule=optimizer_lib.make_schedule(
-        config.opt, config.num_steps))
-    eval_fn = functools.partial(eval_step, model=model, loss_fn=task.loss_fn)
-    norms_fn = weight_norms
-    batch_axis = 0
-    if num_runs is not None:
-        init_fn, step_fn, eval_fn, norms_fn = map(jax.vmap, (init_fn, step_fn, eval_fn, norms_fn))
-        steps_fn = jax.vmap(steps_fn, in_axes=(0, 0, None, None))  # one trip count for all
-        batch_axis = 1
-
-    def with_sharding(abstract):
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, sharding.tree_shardings(abstract, mesh))
-
-    one_key = jax.random.key(0)
-    keys = one_key if num_runs is None else jax.random.split(one_key, num_runs)
-    state_sharding = sharding.tree_shardings(jax.eval_shape(init_fn, keys), mesh)
-    single = functools.partial(init_state, tokens_BxL=tokens, model=model, optimizer=optimizer,
-                               init_scale=config.model.init_scale)
+    fns = _run_functions(config, task, mesh, model)
+    one_key, hparams = jax.random.key(0), hyperparameters(config)
+    abstract = jax.eval_shape(functools.partial(fns.init, hparams=hparams), one_key)
+    if num_runs is None:
+        fns, init_args = fns.bound(hparams), (one_key,)
+    else:
+        fns = fns.vmapped()
+        init_args = (jax.random.split(one_key, num_runs), jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((num_runs,), jnp.float32), hparams))
+    state_sharding = sharding.tree_shardings(jax.eval_shape(fns.init, *init_args), mesh)
     # Outputs read on the host are replicated: with several processes, a host can only read
     # an array whose every element is on its own devices.
     jit = functools.partial(jax.jit, compiler_options=compilation.compiler_options(
         platform, ynnpack))
-    step = jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh, batch_axis)),
-               out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-    steps = jit(steps_fn, in_shardings=(state_sharding, sharding.batch_sharding(
-        mesh, batch_axis + 1), sharding.replicated(mesh), sharding.replicated(mesh)),
-                out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    batch_axis = 0 if num_runs is None else 1
+    replicated = sharding.replicated(mesh)
+    per_run = () if num_runs is None else (replicated,)  # the hyperparameters
+    step = jit(fns.step, in_shardings=(state_sharding, sharding.batch_sharding(
+        mesh, batch_axis), *per_run), out_shardings=(state_sharding, replicated),
+               donate_argnums=0)
+    steps = jit(fns.steps, in_shardings=(state_sharding, sharding.batch_sharding(
+        mesh, batch_axis + 1), replicated, replicated, *per_run),
+                out_shardings=(state_sharding, replicated), donate_argnums=0)
     return Programs(
-        init=jit(init_fn, out_shardings=state_sharding),
-        step=step,
-        steps=steps,
-        evaluate=jit(eval_fn, out_shardings=sharding.replicated(mesh)),
-        norms=jit(norms_fn, out_shardings=sharding.replicated(mesh)),
-        abstract_state=with_sharding(jax.eval_shape(single, one_key)),
-        batch_axis=batch_axis,
-        steps_per_call=steps_per_call_of(config, platform))
+        init=jit(fns.init, out_shardings=state_sharding), step=step, steps=steps,
+        evaluate=jit(fns.evaluate, out_shardings=replicated),
+        norms=jit(fns.norms, out_shardings=replicated),
+        abstract_state=jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract, sharding.tree_shardings(abstract, mesh)),
+        batch_axis=batch_axis, steps_per_call=steps_per_call_of(config, platform))
 
 
 def _holds_window(checkpointer: checkpointing.Checkpointer, step: int) -> bool:
@@ -517,225 +594,316 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def train_and_evaluate_vmapped(configs: list[ml_collections.ConfigDict], workdirs: list[str],
-                               tasks: list[Task]) -> list[dict[str, Any]]:
+                               tasks: list[Task], data_fields: tuple[str, ...] = ()
+                               ) -> list[dict[str, Any]]:
     """Trains several runs as one vmapped program, in lockstep, each with its own workdir.
 
-    The runs may differ only in `seed` (so in their data split, batch order and init): every
-    other field, and so every array shape, must be equal.
+    The runs may differ in `VMAPPED_FIELDS` (seed, so data split, batch order and init;
+    learning rate, weight decay, init scale) and in `data_fields`, the caller's fields that
+    change only the data its tasks hold (e.g. the size of a training subset). Train batches of
+    fewer rows (full-batch runs on smaller sets) are padded with rows of weight 0, evaluation
+    sets to a common number of batches. Every other field must be equal: it may shape arrays
+    or the program. Each run's metrics, summary and checkpoints are its own run's.
     """
-    reference = run_io.flatten_config(configs[0])
-    for config in configs[1:]:
-        differ = sorted(k for k, v in run_io.flatten_config(config).items()
-                        if k != "seed" and reference.get(k) != v)
-        if differ:
-            raise validation.ConfigError(f"vmapped runs may differ only in seed, not in {differ}")
+    check_vmappable(configs, data_fields)
     return _train_runs(configs, workdirs, tasks, vectorized=True)
+
+
+def check_vmappable(configs: list[ml_collections.ConfigDict],
+                    data_fields: tuple[str, ...] = ()) -> None:
+    """Refuses runs that differ in a field one vmapped program cannot vary, naming them."""
+    free = set(VMAPPED_FIELDS) | set(data_fields)
+    flat = [run_io.flatten_config(c) for c in configs]
+    keys = set().union(*flat)
+    differ = sorted(k for k in keys - free if any(f.get(k) != flat[0].get(k) for f in flat))
+    if differ:
+        raise validation.ConfigError(
+            f"vmapped runs may differ only in {', '.join(sorted(free))}; these differ in "
+            f"{', '.join(differ)}, which one program cannot vary: train them in separate groups")
 
 
 def _train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                 tasks: list[Task], vectorized: bool) -> list[dict[str, Any]]:
-    config, task = configs[0], tasks[0]  # the shared settings
-    num_runs = len(configs)
     compilation.start_counting()
-    warm: dict[str, Any] = {}  # the compilation counts once every program has run
+    if vectorized:
+        tasks = _with_common_rows(tasks)
+    _check_runs(configs, tasks, vectorized)
+    loop = _Loop(configs, workdirs, tasks, vectorized)
+    try:
+        loop.setup(configs, tasks)
+        loop.train()
+    finally:
+        loop.close()
+    compiled = loop.recompilations()
+    if compiled:
+        logging.warning("compiled in the training loop after the first step (slow): %s",
+                        dict(compiled))
+    distributed.barrier("metrics_closed")  # process 0 has written every row the summary reads
+    return [run.summarize(compiled) for run in loop.runs]
+
+
+def _check_runs(configs: list[ml_collections.ConfigDict], tasks: list[Task],
+                vectorized: bool) -> None:
+    """Every run's loop settings and model, before any workdir is touched."""
     for c, t in zip(configs, tasks):
         validate_loop_config(c, jax.device_count())
         micro_batches_of(c, t, jax.device_count())  # checks an explicit choice divides
         t.model_config.validate()
-    fsdp = config.fsdp
+    fsdp = configs[0].fsdp
     if vectorized and fsdp > 1:
         validation.fail("fsdp", "is not supported for vmapped runs: train them one by one", fsdp)
-    mesh = sharding.make_mesh(fsdp=fsdp)
-    multi_process = jax.process_count() > 1
-    rows = None  # each process reads its rows of every global batch
-    if multi_process:
-        rows = sharding.process_rows(mesh, len(task.train_batches[0]["inputs"]))
-    runs = [_Run(c, w, t, rows) for c, w, t in zip(configs, workdirs, tasks)]
-    try:
-        starts = {run.start_step for run in runs}
+
+
+def _with_common_rows(tasks: list[Task]) -> list[Task]:
+    """Tasks whose train batches differ in rows (full-batch runs on training sets smaller than
+    the batch) with every batch padded to the most rows: a `weight` of 1 on real rows, 0 on
+    padding, which the losses leave out, so that each run trains as it would alone."""
+    rows = [len(t.train_batches[0]["inputs"]) for t in tasks]
+    if len(set(rows)) == 1:
+        return tasks
+    return [dataclasses.replace(t, train_batches=batching.pad_rows(t.train_batches, max(rows)))
+            for t in tasks]
+
+
+class _Loop:
+    """Trains one run, or several vmapped in lockstep, from where their checkpoints stand.
+
+    Holds what the steps share: the runs' files (`_Run`), the compiled programs, the mesh, the
+    train state (stacked over the runs when vmapped), the evaluation sets on the devices, the
+    progress line, and the compilation counts that tell a retrace in the loop from the first
+    compiles. Process 0 alone writes; every process runs the same calls.
+    """
+
+    def __init__(self, configs: list[ml_collections.ConfigDict], workdirs: list[str],
+                 tasks: list[Task], vectorized: bool):
+        self.config, self.task = configs[0], tasks[0]  # the shared settings
+        self.vectorized = vectorized
+        self.num_runs = len(configs)
+        self.mesh = sharding.make_mesh(fsdp=self.config.fsdp)
+        self.multi_process = jax.process_count() > 1
+        rows = None  # each process reads its rows of every global batch
+        if self.multi_process:
+            rows = sharding.process_rows(self.mesh, len(self.task.train_batches[0]["inputs"]))
+        self.runs = [_Run(c, w, t, rows) for c, w, t in zip(configs, workdirs, tasks)]
+        # The vmapped programs' last argument: each run's learning rate, weight decay, scale.
+        self.per_run_args = ((sharding.put_replicated(stacked_hyperparameters(configs),
+                                                      self.mesh),) if vectorized else ())
+        self.pending: Callable[[], None] | None = None  # the last evaluation's rows to finish
+        # Compilation counts: whether a row was logged (every program has then run once), the
+        # count once the first call after it was dispatched, and what the first save compiled.
+        self.logged = False
+        self.compiled_at: collections.Counter | None = None
+        self.save_compiles: collections.Counter | None = None
+
+    def setup(self, configs: list[ml_collections.ConfigDict], tasks: list[Task]) -> None:
+        """The common start step, the programs, the evaluation sets and the first state."""
+        starts = {run.start_step for run in self.runs}
         if len(starts) > 1:
             raise validation.ConfigError(
                 f"vmapped runs must resume from the same step, found {sorted(starts)}; "
                 "run them one by one (sweep workers mode) instead")
-        start_step = starts.pop()
-        programs = build_programs(config, task, mesh, num_runs if vectorized else None)
-        eval_sets = {}
+        self.start_step = starts.pop()
+        self.programs = build_programs(self.config, self.task, self.mesh,
+                                       self.num_runs if self.vectorized else None)
+        self.eval_sets = self._eval_sets(tasks)
+        self.state = self._restore_or_init(configs)
+        if distributed.is_primary():
+            for run in self.runs:
+                run.writer = run_io.MetricsWriter(run.workdir, resume_step=self.start_step)
+        self.bar = progress.Progress(self.config.num_steps, self.start_step)
+        self.t0 = time.monotonic()
+
+    def _eval_sets(self, tasks: list[Task]) -> dict[str, Any]:
+        """Every evaluation set padded to whole batches, stacked over the runs if vmapped."""
         # Never pad past the largest evaluation set (a huge --config.eval_batch_size would
         # only allocate zeros), still a multiple of the devices.
         largest = max((len(next(iter(arrays.values()))) for t in tasks
                        for arrays in t.eval_sets.values()), default=1)
         devices = jax.device_count()
-        eval_batch = min(config.eval_batch_size, -(-largest // devices) * devices)
-        for name in task.eval_sets:
+        eval_batch = min(self.config.eval_batch_size, -(-largest // devices) * devices)
+        eval_sets = {}
+        for name in self.task.eval_sets:
             padded = [batching.pad_and_stack(t.eval_sets[name], eval_batch) for t in tasks]
-            host = _stack(padded) if vectorized else padded[0]
-            eval_sets[name] = sharding.put_global(host, mesh, batch_axis=programs.batch_axis + 1)
+            if self.vectorized:  # sets of other sizes: as many batches, the extra ones empty
+                most = max(len(p["weight"]) for p in padded)
+                host = _stack([batching.pad_batches(p, most) for p in padded])
+            else:
+                host = padded[0]
+            eval_sets[name] = sharding.put_global(host, self.mesh,
+                                                  batch_axis=self.programs.batch_axis + 1)
+        return eval_sets
 
-        if start_step:
-            states = [run.restore(programs.abstract_state) for run in runs]
-            state = states[0]
-            if vectorized:
-                state = sharding.put_replicated(_stack(jax.device_get(states)), mesh)
-        else:
-            keys = [jax.random.key(c.seed) for c in configs]
-            state = programs.init(jnp.stack(keys) if vectorized else keys[0])
-        if distributed.is_primary():
-            for run in runs:
-                run.writer = run_io.MetricsWriter(run.workdir, resume_step=start_step)
-        bar = progress.Progress(config.num_steps, start_step)
-        t0 = time.monotonic()
+    def _restore_or_init(self, configs: list[ml_collections.ConfigDict]) -> TrainState:
+        if self.start_step:
+            states = [run.restore(self.programs.abstract_state) for run in self.runs]
+            if not self.vectorized:
+                return states[0]
+            return sharding.put_replicated(_stack(jax.device_get(states)), self.mesh)
+        keys = [jax.random.key(c.seed) for c in configs]
+        return self.programs.init(jnp.stack(keys) if self.vectorized else keys[0],
+                                  *self.per_run_args)
 
-        def per_run(tree: Any) -> list[Any]:
-            host = jax.device_get(tree)
-            return _unstack(host, num_runs) if vectorized else [host]
+    def train(self) -> None:
+        """Steps to `num_steps`, evaluating, checkpointing and stopping on SIGTERM on the way.
 
-        def start_rows(step: int, train_metrics: dict[str, Any] | None) -> Callable[[], None]:
-            """Starts the evaluation of `state` at `step` on the device and returns what reads
-            it, checks it for divergence and writes the metric rows: called once the next call
-            is dispatched, so that the device trains while the host waits for the numbers."""
-            evaluated = {name: programs.evaluate(state.params, stacked)
-                         for name, stacked in eval_sets.items()}
-            norms = programs.norms(state.params)
-            snapshots = None  # read now: the arrays may be parameters the next call donates
-            if task.snapshot is not None:  # picked on device: only the chosen arrays move
-                snapshots = per_run(task.snapshot(state.params))
-
-            def finish() -> None:
-                rows = [{"step": step} for _ in runs]
-                for name, sums_tree in evaluated.items():
-                    for row, sums in zip(rows, per_run(sums_tree)):
-                        row.update(losses.finalize(sums, f"{name}_"))
-                for row, run_norms in zip(rows, per_run(norms)):
-                    row.update({k: float(v) for k, v in run_norms.items()})
-                if train_metrics is not None:
-                    for row, metrics in zip(rows, per_run(train_metrics)):
-                        row.update({k: float(v) for k, v in metrics.items()})
-                # The values were read to the host for the metric rows anyway: checking them
-                # costs no extra transfer or synchronisation. Before any file of this step.
-                stop_if_diverged(step, rows)
-                if snapshots is not None:
-                    for run, arrays in zip(runs, snapshots):
-                        if run.writer is not None:
-                            run_io.write_npz_atomic(
-                                run.workdir / run_io.SNAPSHOT_DIR / f"{step}.npz", arrays)
-                for run, row in zip(runs, rows):
-                    row["elapsed_seconds"] = run.elapsed_before + time.monotonic() - t0
-                    if run.writer is not None:  # process 0
-                        run.writer.write(row)
-                warm.setdefault("logged", True)
-                logging.info("%s", bar.line(step, (task.progress or eval_accuracies)(rows[0])))
-
-            return finish
-
-        steps_per_call = programs.steps_per_call
-        stacked_axis = programs.batch_axis + 1  # the example axis behind (runs,) steps
-
-        def dispatch(start: int, end: int, sigterm: _SigtermFlag
-                     ) -> tuple[TrainState, dict[str, jax.Array], int]:
-            """Steps start..end as one call: the host stacks their batches, padded with zeros
-            to the program's length, and moves them to the devices in one transfer. A SIGTERM
-            while the batches are built ends the call at the batch being built, so that the
-            checkpoint comes as soon as with one step per call. Returns where the call ends."""
-            per_run_batches = [[] for _ in runs]
-            for step in range(start, end):
-                for run, batches in zip(runs, per_run_batches):
-                    batches.append(next(run.data_iter))
-                if sigterm.raised:
-                    end = step + 1
-                    break
-            host_runs = []
-            for batches in per_run_batches:
-                padding = jax.tree.map(np.zeros_like, batches[0])
-                host_runs.append(_stack(batches + [padding] * (steps_per_call - len(batches))))
-            host = _stack(host_runs) if vectorized else host_runs[0]
-            state_after, means = programs.steps(
-                state, sharding.put_batch(host, mesh, batch_axis=stacked_axis),
-                np.int32(end - start), np.bool_(start % config.eval_every == 0))
-            return state_after, means, end
-
-        def stop_if_diverged(step: int, rows: list[dict[str, Any]]) -> None:
-            errors = []
-            for run, row in zip(runs, rows):
-                found = first_non_finite(row)
-                if found is not None:
-                    errors.append(run.diverge(step, *found))
-            if errors:  # in a vmapped group, the runs that did not diverge are not finished
-                raise errors[0]
-
-        def check_before_save(step: int, metrics: dict[str, jax.Array]) -> None:
-            """A checkpoint between evaluations: its state is read to the host anyway, so
-            its window's mean loss and gradient norm (non-finite if any step's was) and its
-            weight norm are checked first (a diverged state is never saved)."""
-            norms = programs.norms(state.params)
-            values = per_run({**{k: metrics[k] for k in DIVERGENCE_ORDER if k in metrics},
-                              "weight_norm": norms["weight_norm"]})
-            stop_if_diverged(step, [{k: float(v) for k, v in tree.items()} for tree in values])
-
-        def save(step: int) -> None:
-            # Orbax compiles a few programs at its first save across processes (it slices
-            # replicated arrays so that each process writes a part): once, so not counted.
-            before = None if "saved" in warm else compilation.snapshot()
-            states = [state]
-            if vectorized:  # split on the host: slicing device arrays would compile per leaf
-                states = [sharding.put_replicated(s, mesh)
-                          for s in _unstack(jax.device_get(state), num_runs)]
-            for run, run_state in zip(runs, states):
-                run.checkpointer.save(step, run_state, run.data_iter)
-            if before is not None:  # (before the first evaluation they fall in the baseline)
-                warm["saved"] = (compilation.snapshot() - before if "compiled" in warm
-                                 else collections.Counter())
-
-        # One process handles SIGTERM itself; several agree, through JAX's preemption service
-        # (which catches SIGTERM on each), on the first step all of them reach, and save there.
-        with _SigtermFlag(enabled=not multi_process) as sigterm:
-            if start_step == 0:
-                start_rows(0, None)()
-            pending = None  # the rows of the last evaluation, finished after the next dispatch
-            done = start_step
-            while done < config.num_steps:
-                end = call_end(done, config, steps_per_call)
-                state, means, end = dispatch(done, end, sigterm)
-                if done == start_step:  # compiled: the rate counts from here
-                    bar.start_rate(done)
-                if pending is not None:
-                    pending, finish = None, pending
-                    finish()
-                done = end
-                if "logged" in warm and "compiled" not in warm:
-                    warm["compiled"] = compilation.snapshot()
-                evaluated = done % config.eval_every == 0 or done == config.num_steps
-                if evaluated:
-                    pending = start_rows(done, means)
-                preempted = (multihost_utils.reached_preemption_sync_point(done)
-                             if multi_process else sigterm.raised)
-                # At the last step too: the run is saved, but a sweep must not start the next.
-                if done % config.checkpoint_every == 0 or done == config.num_steps or preempted:
-                    if pending is not None:  # a diverged state is never saved
-                        pending, finish = None, pending
-                        finish()
-                    if not evaluated:
-                        check_before_save(done, means)
-                    save(done)
-                if preempted:
-                    for run in runs:
-                        run.checkpointer.wait()
-                    logging.warning("SIGTERM: saved step %d; re-run the same command to resume.",
-                                    done)
-                    raise Preempted(done)
-            if pending is not None:
-                pending()
-        for run in runs:
+        One process handles SIGTERM itself; several agree, through JAX's preemption service
+        (which catches SIGTERM on each), on the first step all of them reach, and save there.
+        """
+        with _SigtermFlag(enabled=not self.multi_process) as sigterm:
+            if self.start_step == 0:
+                self.start_rows(0, None)()
+            done = self.start_step
+            while done < self.config.num_steps:
+                done = self._advance(done, sigterm)
+            self._finish_pending()
+        for run in self.runs:
             run.checkpointer.wait()
-    finally:
-        for run in runs:
+
+    def _advance(self, done: int, sigterm: _SigtermFlag) -> int:
+        """One call from step `done`, then its evaluation, checkpoint or preemption stop."""
+        config = self.config
+        end = call_end(done, config, self.programs.steps_per_call)
+        self.state, means, end = self.dispatch(done, end, sigterm)
+        if done == self.start_step:  # compiled: the rate counts from here
+            self.bar.start_rate(done)
+        self._finish_pending()  # the rows of the last evaluation, read while this call runs
+        if self.logged and self.compiled_at is None:
+            self.compiled_at = compilation.snapshot()
+        evaluated = end % config.eval_every == 0 or end == config.num_steps
+        if evaluated:
+            self.pending = self.start_rows(end, means)
+        preempted = (multihost_utils.reached_preemption_sync_point(end)
+                     if self.multi_process else sigterm.raised)
+        # At the last step too: the run is saved, but a sweep must not start the next.
+        if end % config.checkpoint_every == 0 or end == config.num_steps or preempted:
+            self._finish_pending()  # a diverged state is never saved
+            if not evaluated:
+                self.check_before_save(end, means)
+            self.save(end)
+        if preempted:
+            for run in self.runs:
+                run.checkpointer.wait()
+            logging.warning("SIGTERM: saved step %d; re-run the same command to resume.", end)
+            raise Preempted(end)
+        return end
+
+    def _finish_pending(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending()
+
+    def dispatch(self, start: int, end: int, sigterm: _SigtermFlag
+                 ) -> tuple[TrainState, dict[str, jax.Array], int]:
+        """Steps start..end as one call: the host stacks their batches, padded with zeros
+        to the program's length, and moves them to the devices in one transfer. A SIGTERM
+        while the batches are built ends the call at the batch being built, so that the
+        checkpoint comes as soon as with one step per call. Returns where the call ends."""
+        per_run_batches = [[] for _ in self.runs]
+        for step in range(start, end):
+            for run, batches in zip(self.runs, per_run_batches):
+                batches.append(next(run.data_iter))
+            if sigterm.raised:
+                end = step + 1
+                break
+        host_runs = []
+        for batches in per_run_batches:
+            padding = jax.tree.map(np.zeros_like, batches[0])
+            host_runs.append(_stack(batches + [padding] * (self.programs.steps_per_call
+                                                           - len(batches))))
+        host = _stack(host_runs) if self.vectorized else host_runs[0]
+        stacked_axis = self.programs.batch_axis + 1  # the example axis behind (runs,) steps
+        state_after, means = self.programs.steps(
+            self.state, sharding.put_batch(host, self.mesh, batch_axis=stacked_axis),
+            np.int32(end - start), np.bool_(start % self.config.eval_every == 0),
+            *self.per_run_args)
+        return state_after, means, end
+
+    def per_run(self, tree: Any) -> list[Any]:
+        """A device tree read to the host, as one tree per run."""
+        host = jax.device_get(tree)
+        return _unstack(host, self.num_runs) if self.vectorized else [host]
+
+    def start_rows(self, step: int, train_metrics: dict[str, Any] | None) -> Callable[[], None]:
+        """Starts the evaluation of the state at `step` on the device and returns what reads
+        it, checks it for divergence and writes the metric rows: called once the next call
+        is dispatched, so that the device trains while the host waits for the numbers."""
+        params = self.state.params
+        evaluated = {name: self.programs.evaluate(params, stacked)
+                     for name, stacked in self.eval_sets.items()}
+        norms = self.programs.norms(params)
+        snapshots = None  # read now: the arrays may be parameters the next call donates
+        if self.task.snapshot is not None:  # picked on device: only the chosen arrays move
+            snapshots = self.per_run(self.task.snapshot(params))
+        return functools.partial(self._finish_rows, step, evaluated, norms, train_metrics,
+                                 snapshots)
+
+    def _finish_rows(self, step: int, evaluated: dict[str, losses.Metrics],
+                     norms: dict[str, jax.Array], train_metrics: dict[str, Any] | None,
+                     snapshots: list[dict[str, np.ndarray]] | None) -> None:
+        rows = [{"step": step} for _ in self.runs]
+        for name, sums_tree in evaluated.items():
+            for row, sums in zip(rows, self.per_run(sums_tree)):
+                row.update(losses.finalize(sums, f"{name}_"))
+        for tree in (norms, train_metrics):
+            if tree is not None:
+                for row, values in zip(rows, self.per_run(tree)):
+                    row.update({k: float(v) for k, v in values.items()})
+        # The values were read to the host for the metric rows anyway: checking them costs no
+        # extra transfer or synchronisation. Before any file of this step.
+        self.stop_if_diverged(step, rows)
+        if snapshots is not None:
+            for run, arrays in zip(self.runs, snapshots):
+                if run.writer is not None:
+                    run_io.write_npz_atomic(run.workdir / run_io.SNAPSHOT_DIR / f"{step}.npz",
+                                            arrays)
+        for run, row in zip(self.runs, rows):
+            row["elapsed_seconds"] = run.elapsed_before + time.monotonic() - self.t0
+            if run.writer is not None:  # process 0
+                run.writer.write(row)
+        self.logged = True
+        logging.info("%s", self.bar.line(step, (self.task.progress or eval_accuracies)(rows[0])))
+
+    def stop_if_diverged(self, step: int, rows: list[dict[str, Any]]) -> None:
+        errors = []
+        for run, row in zip(self.runs, rows):
+            found = first_non_finite(row)
+            if found is not None:
+                errors.append(run.diverge(step, *found))
+        if errors:  # in a vmapped group, the runs that did not diverge are not finished
+            raise errors[0]
+
+    def check_before_save(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        """A checkpoint between evaluations: its state is read to the host anyway, so its
+        window's mean loss and gradient norm (non-finite if any step's was) and its weight
+        norm are checked first (a diverged state is never saved)."""
+        norms = self.programs.norms(self.state.params)
+        values = self.per_run({**{k: metrics[k] for k in DIVERGENCE_ORDER if k in metrics},
+                               "weight_norm": norms["weight_norm"]})
+        self.stop_if_diverged(step, [{k: float(v) for k, v in tree.items()} for tree in values])
+
+    def save(self, step: int) -> None:
+        # Orbax compiles a few programs at its first save across processes (it slices
+        # replicated arrays so that each process writes a part): once, so not counted.
+        before = None if self.save_compiles is not None else compilation.snapshot()
+        states = [self.state]
+        if self.vectorized:  # split on the host: slicing device arrays would compile per leaf
+            states = [sharding.put_replicated(s, self.mesh)
+                      for s in _unstack(jax.device_get(self.state), self.num_runs)]
+        for run, run_state in zip(self.runs, states):
+            run.checkpointer.save(step, run_state, run.data_iter)
+        if before is not None:  # (before the first evaluation they fall in the baseline)
+            self.save_compiles = (compilation.snapshot() - before
+                                  if self.compiled_at is not None else collections.Counter())
+
+    def recompilations(self) -> collections.Counter:
+        """Compilations after every program's first run, less the first save's."""
+        now = compilation.snapshot()
+        compiled = now - (self.compiled_at if self.compiled_at is not None else now)
+        return compiled - (self.save_compiles or collections.Counter())
+
+    def close(self) -> None:
+        for run in self.runs:
             run.close()
-    compiled = compilation.snapshot() - warm.get("compiled", compilation.snapshot())
-    compiled -= warm.get("saved", collections.Counter())
-    if compiled:
-        logging.warning("compiled in the training loop after the first step (slow): %s",
-                        dict(compiled))
-    distributed.barrier("metrics_closed")  # process 0 has written every row the summary reads
-    return [run.summarize(compiled) for run in runs]
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Any:
