@@ -316,6 +316,8 @@ def _run_in_workers(todo: list[tuple[str, ml_collections.ConfigDict]], run_fn: R
     small pool because `concurrent.futures.ProcessPoolExecutor` (Python 3.11) can miss the
     death of a worker it started on demand after its manager thread began waiting, and hang.
     """
+    if not todo:  # a rerun of a finished sweep: no worker to start
+        return
     context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
     started: list[tuple[multiprocessing.connection.Connection, Any]] = []
     finished = False
