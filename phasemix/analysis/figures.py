@@ -34,6 +34,7 @@ RUN_TABLES = (
     "knowledge/capacity_pilot.csv",
     "knowledge/capacity.csv",
     "knowledge/capacity_pilot_600.csv",
+    "knowledge/compact_mixing.csv",
     "bimix/proxy_strategies.csv",
 )
 AGGREGATE_TABLES = (
@@ -192,6 +193,24 @@ def knowledge_mitigations(t: Callable[[str], list[dict[str, Any]]], path: pathli
     }, path, "mitigations at r = 0.15 (tiny-64, seed 0)")
 
 
+def knowledge_compact_mixing(t: Callable[[str], list[dict[str, Any]]], path: pathlib.Path) -> None:
+    """Accuracy and web loss against the share tau of compact tuples added, per seed."""
+    rows = t("knowledge/compact_mixing.csv")
+    taus = sorted({r["tuple_fraction"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    series = {}
+    for i, seed in enumerate(seeds):
+        mine = sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["tuple_fraction"])
+        web = ", ".join(f"{r['web_val_loss']:.3f}" for r in mine)
+        series[f"seed {seed} (web val loss {web})"] = {
+            "x": [r["tuple_fraction"] for r in mine], "y": [r["bio_accuracy"] for r in mine],
+            "color": plotting.color(i, len(seeds))}
+    plotting.xy_lines(series, path, f"compact tuples added at tau, r = {rows[0]['ratio']:g} "
+                      f"({rows[0]['preset']}, {rows[0]['num_people']} people; tau in {taus})",
+                      "tau (share of training tokens that are tuples)",
+                      "exact match, all people", log_x=False, hline=0.5)
+
+
 def kp_accuracy_vs_ratio_by_size(t: Callable[[str], list[dict[str, Any]]],
                                  path: pathlib.Path) -> None:
     rows = [r for r in t("knowledge/runs.csv") if r["sweep"] == "size"]
@@ -290,6 +309,7 @@ FIGURES: dict[str, Callable[[Callable[[str], list[dict[str, Any]]], pathlib.Path
     "sentiment_imdb_steps_vs_fraction.png": sentiment_steps_vs_fraction,
     "knowledge_accuracy_vs_ratio.png": knowledge_accuracy_vs_ratio,
     "knowledge_mitigations.png": knowledge_mitigations,
+    "knowledge_compact_mixing.png": knowledge_compact_mixing,
     "kp_accuracy_vs_ratio_by_size.png": kp_accuracy_vs_ratio_by_size,
     "kp_critical_ratio_vs_size.png": kp_critical_ratio_vs_size,
     "kp_web_law.png": kp_web_law,
