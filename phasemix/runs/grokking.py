@@ -63,18 +63,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.num_steps = 4000  # optimizer steps
     config.eval_every = 50  # steps between evaluations of the full train and test sets
     config.eval_batch_size = 2048  # rows per evaluation batch
-    # Slices of each batch whose gradients run as independent chains (the cores of a CPU
-    # work on them at once); 0: train.auto_micro_batches decides (1 on accelerators).
-    config.micro_batches = 0
-    config.steps_per_call = 0  # optimizer steps per host dispatch; 0: chosen per backend
-    config.data_prefetch = 0  # batches read ahead while the device trains; 0: read when needed
-    config.data_workers = 0  # processes reading them ahead; 0: a thread of the trainer's own
-    # On a CPU, XLA's own dot kernels instead of YNNPACK's: 1.07-1.19x faster steps for this
-    # model's small products (README, Speed); the other experiments keep YNNPACK.
-    config.xla_cpu_ynnpack = False
-    # Devices that split each parameter and its optimizer state between them (FSDP; a divisor
-    # of the devices); 1: every device holds the whole state.
-    config.fsdp = 1
+    # XLA's own dot kernels on a CPU: 1.07-1.19x faster steps for this model's small
+    # products (docs/performance.md).
+    train.declare_execution_fields(config, xla_cpu_ynnpack=False)
     config.checkpoint_every = 1000  # steps between checkpoints (and at the end)
     if variant == "smoke":
         config.task.p = 23

@@ -64,18 +64,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.num_steps = 3000  # optimizer steps
     config.eval_every = 150  # steps between evaluations
     config.eval_batch_size = 500  # rows per evaluation batch
-    # Slices of each batch whose gradients run as independent chains (the cores of a CPU
-    # work on them at once); 0: train.auto_micro_batches decides (1 on accelerators).
-    config.micro_batches = 0
-    config.steps_per_call = 0  # optimizer steps per host dispatch; 0: chosen per backend
-    config.data_prefetch = 0  # batches read ahead while the device trains; 0: read when needed
-    config.data_workers = 0  # processes reading them ahead; 0: a thread of the trainer's own
-    # On a CPU, YNNPACK's dot kernels (XLA's default); grokking turns them off for its small
-    # products. No effect on accelerators.
-    config.xla_cpu_ynnpack = True
-    # Devices that split each parameter and its optimizer state between them (FSDP; a divisor
-    # of the devices); 1: every device holds the whole state.
-    config.fsdp = 1
+    train.declare_execution_fields(config)
     config.checkpoint_every = 1000  # steps between checkpoints (and at the end)
     if variant == "smoke":
         config.task.limit = 400

@@ -251,6 +251,24 @@ LOOP_FIELDS = ("seed", "num_steps", "batch_size", "eval_every", "eval_batch_size
                "fsdp", "model.init_scale", "opt", "data_prefetch", "data_workers")
 
 
+def declare_execution_fields(config: ml_collections.ConfigDict, *,
+                             xla_cpu_ynnpack: bool = True) -> None:
+    """How the loop executes a run, the same fields in every trainer config (run_io's
+    EXECUTION_FIELDS: they change speed, not results, so a run may resume with others)."""
+    # Slices of each batch whose gradients run as independent chains (the cores of a CPU
+    # work on them at once); 0: auto_micro_batches decides (1 on accelerators).
+    config.micro_batches = 0
+    config.steps_per_call = 0  # optimizer steps per host dispatch; 0: chosen per backend
+    config.data_prefetch = 0  # batches read ahead while the device trains; 0: read when needed
+    config.data_workers = 0  # processes reading them ahead; 0: a thread of the trainer's own
+    # On a CPU, YNNPACK's dot kernels (XLA's default); the grokking model turns them off for
+    # its small products. No effect on accelerators.
+    config.xla_cpu_ynnpack = xla_cpu_ynnpack
+    # Devices that split each parameter and its optimizer state between them (FSDP; a divisor
+    # of the devices); 1: every device holds the whole state.
+    config.fsdp = 1
+
+
 def steps_per_call_of(config: ml_collections.ConfigDict, platform: str | None = None) -> int:
     """`config.steps_per_call`, or with 0 the backend's default, at most the longest call
     the run can make (calls stop at every evaluation and checkpoint)."""
